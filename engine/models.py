@@ -1,0 +1,296 @@
+"""The XTTS-v2 base model: its files, their download (after licence acceptance), a tiny random
+stand-in with the same layout for tests, and loading the model pieces from coqui-tts.
+
+Files of an XTTS-v2 folder (the model hub repository ``coqui/XTTS-v2``)::
+
+    model.pth          GPT + HiFi-GAN decoder weights ({"model": state_dict})
+    config.json        XttsConfig (coqui-tts)
+    vocab.json         the BPE tokenizer (``tokenizers`` JSON)
+    dvae.pth           the discrete VAE that turns mel spectrograms into audio codes
+    mel_stats.pth      per-channel mel normalisation, a tensor of shape (80,)
+    speakers_xtts.pth  the built-in speakers (optional for fine-tuning)
+
+Nothing in this module downloads at import; :func:`download_base_model` is only called when
+the user accepts the licence in the Settings tab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine import paths
+
+HUB_REPO = "coqui/XTTS-v2"
+REQUIRED_FILES = ("model.pth", "config.json", "vocab.json", "dvae.pth", "mel_stats.pth")
+OPTIONAL_FILES = ("speakers_xtts.pth",)
+ALL_FILES = REQUIRED_FILES + OPTIONAL_FILES
+
+LICENSE_NAME = "Coqui Public Model License 1.0.0 (CPML)"
+LICENSE_SUMMARY = (
+    "XTTS-v2's weights are released under the Coqui Public Model License 1.0.0: use, fine-tuning "
+    "and sharing of the model and its outputs are allowed for non-commercial purposes only. "
+    "Read the full text at https://coqui.ai/cpml before downloading."
+)
+
+#: Languages XTTS-v2 speaks (its config.json ``languages``); each has a ``[code]`` text token.
+LANGUAGES = (
+    "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
+)  # fmt: skip
+
+# XTTS-v2's audio layout (config.json "audio"): the GPT works on 22.05 kHz audio, the HiFi-GAN
+# decoder writes 24 kHz, and one DVAE code covers 1024 samples (22050 / 1024 = 21.5 codes/s).
+SAMPLE_RATE = 22050
+OUTPUT_SAMPLE_RATE = 24000
+CODE_STRIDE = 1024
+
+
+class BaseModelError(RuntimeError):
+    """The base-model folder is missing files or holds files that cannot be read."""
+
+
+@dataclass(frozen=True)
+class BaseModelStatus:
+    """What a base-model folder holds: ``missing`` lists required files that are absent."""
+
+    directory: Path
+    present: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return not self.missing
+
+    def describe(self) -> str:
+        if self.ready:
+            return f"XTTS-v2 base model ready in {self.directory}"
+        return f"XTTS-v2 base model missing in {self.directory}: {', '.join(self.missing)}"
+
+
+def base_model_status(directory: str | os.PathLike | None = None) -> BaseModelStatus:
+    """Which XTTS-v2 files ``directory`` (default models/xtts-v2/) holds."""
+    directory = Path(directory) if directory else paths.default_base_model_dir()
+    present = tuple(f for f in ALL_FILES if (directory / f).is_file())
+    missing = tuple(f for f in REQUIRED_FILES if f not in present)
+    return BaseModelStatus(directory, present, missing)
+
+
+def require_base_model(directory: str | os.PathLike | None = None) -> Path:
+    """Return the base-model folder, or raise BaseModelError naming the missing files."""
+    status = base_model_status(directory)
+    if not status.ready:
+        raise BaseModelError(
+            f"{status.describe()}. Download it from the Settings tab or pass --base-model DIR."
+        )
+    return status.directory
+
+
+def download_base_model(
+    directory: str | os.PathLike | None = None,
+    accept_license: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Download the six XTTS-v2 files from the model hub into ``directory`` (default models/xtts-v2/).
+
+    Requires ``accept_license=True`` (the user has read :data:`LICENSE_SUMMARY`). Files already
+    present are kept. ``progress(fraction, description)`` is called per file. Each file is
+    fetched by ``huggingface_hub.hf_hub_download`` (resumable, checksummed) into a cache and then
+    copied into place, so an interrupted download never leaves a half-written model file.
+    Raises PermissionError without licence acceptance; network errors propagate.
+    """
+    if not accept_license:
+        raise PermissionError(f"the XTTS-v2 weights are under the {LICENSE_NAME}; accept it to download")
+    from huggingface_hub import hf_hub_download  # imported here: nothing touches the network at import
+
+    directory = Path(directory) if directory else paths.default_base_model_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(ALL_FILES):
+        if progress:
+            progress(index / len(ALL_FILES), f"downloading {name}")
+        if (directory / name).is_file():
+            log(f"{name}: already present")
+            continue
+        cached = hf_hub_download(repo_id=HUB_REPO, filename=name)
+        _copy_atomic(Path(cached), directory / name)
+        log(f"{name}: downloaded")
+    if progress:
+        progress(1.0, "done")
+    return directory
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the pieces
+
+
+def load_xtts_config(directory: str | os.PathLike):
+    """Read ``config.json`` of a base-model folder into coqui's ``XttsConfig``."""
+    from TTS.tts.configs.xtts_config import XttsConfig
+
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise BaseModelError(f"{path}: missing")
+    config = XttsConfig()
+    try:
+        config.load_json(str(path))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BaseModelError(f"{path}: not an XTTS config: {exc}") from None
+    return config
+
+
+def load_xtts(directory: str | os.PathLike, device: str | torch.device = "cpu", eval: bool = True):
+    """Load coqui's ``Xtts`` (GPT + HiFi-GAN decoder + tokenizer) from a base-model folder.
+
+    ``eval=True`` prepares the GPT for inference (KV cache); training uses ``eval=False``.
+    The DVAE is not part of ``Xtts``; see :func:`load_dvae`. Raises BaseModelError.
+    """
+    from TTS.tts.models.xtts import Xtts
+
+    directory = require_base_model(directory)
+    config = load_xtts_config(directory)
+    model = Xtts.init_from_config(config)
+    try:
+        model.load_checkpoint(config, checkpoint_dir=str(directory), eval=eval, strict=True)
+    except (RuntimeError, KeyError, EOFError) as exc:
+        raise BaseModelError(f"{directory / 'model.pth'}: cannot be loaded into XTTS: {exc}") from None
+    model.mel_stats.copy_(load_mel_stats(directory))
+    return model.to(device)
+
+
+def load_mel_stats(directory: str | os.PathLike) -> torch.Tensor:
+    """``mel_stats.pth``: the per-channel mel normalisation, shape (80,)."""
+    path = Path(directory) / "mel_stats.pth"
+    stats = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(stats, torch.Tensor) or stats.shape != (80,):
+        raise BaseModelError(f"{path}: expected a tensor of shape (80,)")
+    return stats
+
+
+def build_dvae():
+    """coqui's DiscreteVAE with XTTS-v2's architecture (gpt_trainer.py: 1024 codes, 512 wide)."""
+    from TTS.tts.layers.xtts.dvae import DiscreteVAE
+
+    return DiscreteVAE(
+        channels=80,
+        normalization=None,
+        positional_dims=1,
+        num_tokens=1024,
+        codebook_dim=512,
+        hidden_dim=512,
+        num_resnet_blocks=3,
+        kernel_size=3,
+        num_layers=2,
+        use_transposed_convs=False,
+    )
+
+
+def load_dvae(directory: str | os.PathLike):
+    """The DVAE from ``dvae.pth``, in eval mode with gradients off (it is never trained)."""
+    path = Path(directory) / "dvae.pth"
+    dvae = build_dvae()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        dvae.load_state_dict(state, strict=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise BaseModelError(f"{path}: cannot be loaded as the XTTS DVAE: {exc}") from None
+    dvae.eval().requires_grad_(False)
+    return dvae
+
+
+def dvae_mel_transform(mel_stats: torch.Tensor):
+    """The mel spectrogram the DVAE reads (coqui gpt_trainer: n_fft 1024, hop 256, 80 mels, 22.05 kHz)."""
+    return _mel_transform(mel_stats, n_fft=1024)
+
+
+def style_mel_transform(mel_stats: torch.Tensor):
+    """The mel spectrogram of the GPT's conditioning encoder (coqui gpt_trainer: n_fft 2048, hop 256)."""
+    return _mel_transform(mel_stats, n_fft=2048)
+
+
+def _mel_transform(mel_stats: torch.Tensor, n_fft: int):
+    import torchaudio
+
+    spectrogram = torchaudio.transforms.MelSpectrogram(
+        n_fft=n_fft, hop_length=256, win_length=1024, power=2, normalized=False,
+        sample_rate=SAMPLE_RATE, f_min=0, f_max=8000, n_mels=80, norm="slaney",
+    )  # fmt: skip
+
+    def transform(audio: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) at 22.05 kHz → log mel / mel_stats, (batch, 80, frames), hop 256."""
+        mel = spectrogram.to(audio.device)(audio)
+        return torch.log(torch.clamp(mel, min=1e-5)) / mel_stats.to(audio.device).view(1, -1, 1)
+
+    return transform
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny random model with the XTTS-v2 file layout
+
+
+def write_tiny_model(directory: str | os.PathLike, seed: int = 0, layers: int = 2, width: int = 64, heads: int = 4) -> Path:
+    """Write a tiny randomly initialised model with the XTTS-v2 file layout into ``directory``.
+
+    The GPT has ``layers`` layers of ``width`` channels and ``heads`` heads (DESIGN.md: 2 / 64 / 4);
+    the tokenizer is coqui's shipped TorToiSe ``tokenizer.json`` plus XTTS's ``[START]`` and
+    language tokens; the DVAE has XTTS-v2's real architecture with random weights; mel_stats is
+    ones(80). It trains a step and synthesises on CPU in seconds; its speech is noise.
+    Returns ``directory``.
+    """
+    import TTS
+    from tokenizers import Tokenizer
+    from TTS.tts.configs.xtts_config import XttsAudioConfig, XttsConfig
+    from TTS.tts.models.xtts import Xtts, XttsArgs
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    tokenizer = Tokenizer.from_file(str(Path(TTS.__file__).parent / "tts/utils/assets/tortoise/tokenizer.json"))
+    tokenizer.add_special_tokens(["[START]"] + [f"[{lang}]" for lang in LANGUAGES])
+    tokenizer.save(str(directory / "vocab.json"))
+
+    args = XttsArgs(
+        gpt_layers=layers,
+        gpt_n_model_channels=width,
+        gpt_n_heads=heads,
+        gpt_num_audio_tokens=1026,
+        gpt_start_audio_token=1024,
+        gpt_stop_audio_token=1025,
+        gpt_use_perceiver_resampler=True,
+        gpt_max_audio_tokens=605,
+        gpt_max_text_tokens=402,
+        decoder_input_dim=width,
+    )
+    config = XttsConfig(model_args=args, audio=XttsAudioConfig(), languages=list(LANGUAGES))
+    config.save_json(str(directory / "config.json"))
+
+    model = Xtts.init_from_config(load_xtts_config(directory))
+    from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
+
+    model.tokenizer = VoiceBpeTokenizer(vocab_file=str(directory / "vocab.json"))
+    model.init_models()
+    torch.save({"model": model.state_dict()}, directory / "model.pth")
+    torch.save(build_dvae().state_dict(), directory / "dvae.pth")
+    torch.save(torch.ones(80), directory / "mel_stats.pth")
+    (directory / "TINY_RANDOM_MODEL.json").write_text(
+        json.dumps({"layers": layers, "width": width, "heads": heads, "seed": seed}) + "\n"
+    )
+    return directory
