@@ -42,7 +42,9 @@ FIELD_HELP: dict[str, str] = {}
 def _f(default, help: str, **kwargs):
     """A dataclass field with its help text (filled into FIELD_HELP by the class below)."""
     if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": help}, **kwargs)
+        return field(
+            default_factory=lambda d=default: list(d), metadata={"help": help}, **kwargs
+        )
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
@@ -55,7 +57,10 @@ class TrainConfig:
     text/mel cross-entropy weights 0.01 / 1.0 (the TorToiSe defaults), MultiStepLR with gamma 0.5.
     """
 
-    voice: str = _f("", "Voice name: the dataset is datasets/<voice>/ and the references voices/<voice>/.")
+    voice: str = _f(
+        "",
+        "Voice name: the dataset is datasets/<voice>/ and the references voices/<voice>/.",
+    )
     run: str = _f("", "Run name: the run folder is training/<voice>/<run>/.")
     base_model: str = _f(
         "",
@@ -64,46 +69,83 @@ class TrainConfig:
     )
     init_weights: str = _f(
         "",
-        "Optional model.safetensors of GPT weights to start from (\"start a new run from these "
-        "weights\"); empty starts from the base model.",
+        'Optional model.safetensors of GPT weights to start from ("start a new run from these '
+        'weights"); empty starts from the base model.',
     )
     epochs: int = _f(10, "Full passes over the training clips.")
-    learning_rate: float = _f(5e-6, "AdamW learning rate at the start (coqui's XTTS-v2 recipe uses 5e-6).")
-    weight_decay: float = _f(1e-2, "AdamW weight decay (coqui's XTTS-v2 recipe uses 1e-2).")
+    learning_rate: float = _f(
+        5e-6, "AdamW learning rate at the start (coqui's XTTS-v2 recipe uses 5e-6)."
+    )
+    weight_decay: float = _f(
+        1e-2, "AdamW weight decay (coqui's XTTS-v2 recipe uses 1e-2)."
+    )
     text_loss_weight: float = _f(
         0.01,
         "Weight of the text cross-entropy in the optimised loss (TorToiSe default 0.01). For a voice "
         "in a language the model knows, text CE need not fall much.",
     )
-    mel_loss_weight: float = _f(1.0, "Weight of the mel-code cross-entropy (TorToiSe default 1.0): what makes the voice.")
+    mel_loss_weight: float = _f(
+        1.0,
+        "Weight of the mel-code cross-entropy (TorToiSe default 1.0): what makes the voice.",
+    )
     milestones: list[int] = _f(
         [],
         "Epochs after which the learning rate is multiplied by gamma (MultiStepLR, in epochs as in "
         "ai-voice-cloning). Empty keeps it constant.",
     )
     gamma: float = _f(0.5, "Factor applied to the learning rate at each milestone.")
-    batch_size: int = _f(4, "Clips per optimizer step across all GPUs (the global batch), before gradient accumulation splits it.")
+    batch_size: int = _f(
+        4,
+        "Clips per optimizer step across all GPUs (the global batch), before gradient accumulation splits it.",
+    )
     gradient_accumulation: int = _f(
         1,
         "Micro-batches accumulated per optimizer step: each holds batch_size / (gradient_accumulation x GPUs) "
         "clips, so memory falls while the effective batch stays batch_size.",
     )
     validate_every: int = _f(1, "Run validation every this many epochs (0: never).")
-    save_every: int = _f(1, "Save a checkpoint every this many epochs (one is always saved at the end).")
-    keep_checkpoints: int = _f(2, "Newest checkpoints kept (the best by validation loss is kept as well).")
-    max_steps: int = _f(0, "Stop after this many optimizer steps in total (0: no limit; the epochs decide).")
-    gpus: int | list[int] = _f(1, "Number of GPUs, or a list of device ids. More than one runs under torchrun with DDP.")
-    precision: str = _f("fp32", "fp32, bf16 (Ampere and newer), or fp16 (with a gradient scaler).")
+    save_every: int = _f(
+        1, "Save a checkpoint every this many epochs (one is always saved at the end)."
+    )
+    keep_checkpoints: int = _f(
+        2, "Newest checkpoints kept (the best by validation loss is kept as well)."
+    )
+    max_steps: int = _f(
+        0,
+        "Stop after this many optimizer steps in total (0: no limit; the epochs decide).",
+    )
+    gpus: int | list[int] = _f(
+        1,
+        "Number of GPUs, or a list of device ids. More than one runs under torchrun with DDP.",
+    )
+    precision: str = _f(
+        "fp32", "fp32, bf16 (Ampere and newer), or fp16 (with a gradient scaler)."
+    )
     freeze: list[str] = _f(
         [],
         "GPT module groups left untouched: " + ", ".join(FREEZE_GROUPS) + ".",
     )
-    max_grad_norm: float = _f(1.0, "Gradients are clipped to this L2 norm (0: no clipping).")
-    max_text_tokens: int = _f(200, "Clips whose transcript has more text tokens are rejected by the dataset check.")
-    max_audio_seconds: float = _f(11.6, "Clips longer than this are rejected by the dataset check (XTTS-v2 trains on up to ~11.6 s).")
-    min_audio_seconds: float = _f(0.5, "Clips shorter than this are rejected by the dataset check.")
-    num_workers: int = _f(0, "DataLoader worker processes (0: load in the training process).")
-    seed: int = _f(1234, "Seed for shuffling, conditioning slices and initialisation; the same seed repeats a run exactly.")
+    max_grad_norm: float = _f(
+        1.0, "Gradients are clipped to this L2 norm (0: no clipping)."
+    )
+    max_text_tokens: int = _f(
+        200,
+        "Clips whose transcript has more text tokens are rejected by the dataset check.",
+    )
+    max_audio_seconds: float = _f(
+        11.6,
+        "Clips longer than this are rejected by the dataset check (XTTS-v2 trains on up to ~11.6 s).",
+    )
+    min_audio_seconds: float = _f(
+        0.5, "Clips shorter than this are rejected by the dataset check."
+    )
+    num_workers: int = _f(
+        0, "DataLoader worker processes (0: load in the training process)."
+    )
+    seed: int = _f(
+        1234,
+        "Seed for shuffling, conditioning slices and initialisation; the same seed repeats a run exactly.",
+    )
     language: str = _f("en", "Language code of the transcripts.")
 
     def __post_init__(self) -> None:
@@ -117,22 +159,56 @@ class TrainConfig:
                     paths.check_name(getattr(self, name), name)
                 except paths.InvalidNameError as exc:
                     raise ConfigError(str(exc)) from None
-        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "must be a whole number of at least 1")
+        need(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            "epochs",
+            "must be a whole number of at least 1",
+        )
         need(self.learning_rate > 0, "learning_rate", "must be positive")
         need(self.weight_decay >= 0, "weight_decay", "must not be negative")
         need(self.text_loss_weight >= 0, "text_loss_weight", "must not be negative")
         need(self.mel_loss_weight >= 0, "mel_loss_weight", "must not be negative")
-        need(self.text_loss_weight + self.mel_loss_weight > 0, "mel_loss_weight", "one loss weight must be positive")
+        need(
+            self.text_loss_weight + self.mel_loss_weight > 0,
+            "mel_loss_weight",
+            "one loss weight must be positive",
+        )
         self.milestones = [int(m) for m in self.milestones]
-        need(self.milestones == sorted(set(self.milestones)), "milestones", "must be increasing")
-        need(all(1 <= m < self.epochs for m in self.milestones), "milestones", f"must lie within 1..{self.epochs - 1} (the epochs)")
+        need(
+            self.milestones == sorted(set(self.milestones)),
+            "milestones",
+            "must be increasing",
+        )
+        need(
+            all(1 <= m < self.epochs for m in self.milestones),
+            "milestones",
+            f"must lie within 1..{self.epochs - 1} (the epochs)",
+        )
         need(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be at least 1")
-        need(isinstance(self.gradient_accumulation, int) and self.gradient_accumulation >= 1, "gradient_accumulation", "must be at least 1")
+        need(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            "batch_size",
+            "must be at least 1",
+        )
+        need(
+            isinstance(self.gradient_accumulation, int)
+            and self.gradient_accumulation >= 1,
+            "gradient_accumulation",
+            "must be at least 1",
+        )
         if isinstance(self.gpus, list):
-            need(len(self.gpus) >= 1 and all(isinstance(g, int) and g >= 0 for g in self.gpus), "gpus", "must list device ids")
+            need(
+                len(self.gpus) >= 1
+                and all(isinstance(g, int) and g >= 0 for g in self.gpus),
+                "gpus",
+                "must list device ids",
+            )
         else:
-            need(isinstance(self.gpus, int) and self.gpus >= 0, "gpus", "must be a count or a list of device ids")
+            need(
+                isinstance(self.gpus, int) and self.gpus >= 0,
+                "gpus",
+                "must be a count or a list of device ids",
+            )
         need(
             self.batch_size % (self.gradient_accumulation * self.world_size()) == 0,
             "batch_size",
@@ -142,11 +218,23 @@ class TrainConfig:
         need(self.save_every >= 1, "save_every", "must be at least 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         need(self.max_steps >= 0, "max_steps", "must not be negative")
-        need(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        need(
+            self.precision in PRECISIONS,
+            "precision",
+            f"must be one of {', '.join(PRECISIONS)}",
+        )
         unknown = sorted(set(self.freeze) - set(FREEZE_GROUPS))
-        need(not unknown, "freeze", f"unknown groups {unknown}; known: {', '.join(FREEZE_GROUPS)}")
+        need(
+            not unknown,
+            "freeze",
+            f"unknown groups {unknown}; known: {', '.join(FREEZE_GROUPS)}",
+        )
         need(self.max_grad_norm >= 0, "max_grad_norm", "must not be negative")
-        need(0 < self.min_audio_seconds < self.max_audio_seconds, "max_audio_seconds", "must exceed min_audio_seconds")
+        need(
+            0 < self.min_audio_seconds < self.max_audio_seconds,
+            "max_audio_seconds",
+            "must exceed min_audio_seconds",
+        )
         need(self.num_workers >= 0, "num_workers", "must not be negative")
 
     # Derived numbers are methods, not stored fields.
@@ -160,7 +248,11 @@ class TrainConfig:
 
     def base_model_dir(self) -> Path:
         """The base-model folder: ``base_model`` or models/xtts-v2/."""
-        return Path(self.base_model).expanduser() if self.base_model else paths.default_base_model_dir()
+        return (
+            Path(self.base_model).expanduser()
+            if self.base_model
+            else paths.default_base_model_dir()
+        )
 
     def run_dir(self) -> Path:
         return paths.run_dir(self.voice, self.run)
@@ -175,7 +267,9 @@ class TrainConfig:
     def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
         """Build from a mapping; raises ConfigError naming ``source`` for unknown keys or bad values."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+            raise ConfigError(
+                f"{source}: expected a mapping of settings, got {type(data).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -203,7 +297,9 @@ class TrainConfig:
             raise ConfigError("voice and run must be set to write a run")
         target = self.run_dir() / "train.yaml"
         if target.exists():
-            raise FileExistsError(f"run {self.run!r} of voice {self.voice!r} already exists: {target}")
+            raise FileExistsError(
+                f"run {self.run!r} of voice {self.voice!r} already exists: {target}"
+            )
         write_text_atomic(target, self.to_yaml())
         return target
 

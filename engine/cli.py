@@ -1,0 +1,166 @@
+"""The ``python -m engine`` commands (a contract: tests and users depend on them).
+
+Thin: parse, call the engine, print. Errors become one ``error: …`` line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.config import FIELD_HELP, ConfigError, TrainConfig
+
+
+def _milestones(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"milestones must be whole epochs separated by commas, got {text!r}"
+        ) from None
+
+
+def _gpus(text: str) -> int | list[int]:
+    try:
+        return [int(x) for x in text.split(",")] if "," in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--gpus takes a count or device ids like 0,1; got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="Timbre: XTTS-v2 voice fine-tuning."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "tiny-model", help="write a tiny random model with the XTTS-v2 file layout"
+    )
+    p.add_argument("directory", type=Path)
+
+    p = sub.add_parser("prepare", help="transcribe voices/VOICE/ into datasets/VOICE/")
+    p.add_argument("voice")
+    p.add_argument(
+        "--backend",
+        default="faster-whisper",
+        choices=["faster-whisper", "openai-whisper"],
+    )
+    p.add_argument(
+        "--whisper-model", default=None, help="Whisper model name or local path"
+    )
+    p.add_argument("--language", default="en")
+    p.add_argument("--validation-fraction", type=float, default=0.15)
+
+    p = sub.add_parser("config", help="write training/VOICE/RUN/train.yaml")
+    p.add_argument("voice")
+    p.add_argument("run")
+    options = {
+        "base_model": str, "epochs": int, "learning_rate": float, "text_loss_weight": float,
+        "mel_loss_weight": float, "milestones": _milestones, "gamma": float, "batch_size": int,
+        "gradient_accumulation": int, "validate_every": int, "save_every": int, "gpus": _gpus, "seed": int,
+        "keep_checkpoints": int, "max_steps": int, "precision": str, "language": str, "init_weights": str,
+    }  # fmt: skip
+    for name, kind in options.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=None,
+            help=FIELD_HELP[name],
+        )
+    p.add_argument(
+        "--freeze",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=None,
+        help=FIELD_HELP["freeze"],
+    )
+
+    p = sub.add_parser(
+        "train", help="train (or resume) the run described by a train.yaml"
+    )
+    p.add_argument("config", type=Path)
+
+    p = sub.add_parser("generate", help="speak TEXT in VOICE's voice")
+    p.add_argument("voice")
+    p.add_argument("text")
+    p.add_argument(
+        "--run", default=None, help="a run of the voice; omitted: the base model"
+    )
+    p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
+    p.add_argument("--base-model", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--language", default="en")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0.0,
+        help="cap on generated speech per sentence (0: model limit)",
+    )
+    p.add_argument("--out", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(args)
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        RuntimeError,
+        OSError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    if args.command == "tiny-model":
+        from engine.models import write_tiny_model
+
+        print(
+            f"wrote a tiny random XTTS-v2-layout model to {write_tiny_model(args.directory)}"
+        )
+        return 0
+    if args.command == "prepare":
+        from engine.dataset import prepare_command
+
+        return prepare_command(
+            args.voice, backend=args.backend, whisper_model=args.whisper_model,
+            language=args.language, validation_fraction=args.validation_fraction,
+        )  # fmt: skip
+    if args.command == "config":
+        values = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("command",) and v is not None
+        }
+        try:
+            config = TrainConfig(**values)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {config.save_new()}")
+        return 0
+    if args.command == "train":
+        from engine.training.loop import train
+
+        if not args.config.is_file():
+            print(f"error: {args.config}: no such train.yaml", file=sys.stderr)
+            return 1
+        return train(args.config)
+    if args.command == "generate":
+        from engine.generate import GenerationSettings, generate_speech
+
+        out = generate_speech(
+            args.voice, args.text, run=args.run, checkpoint=args.checkpoint, base_model=args.base_model,
+            settings=GenerationSettings(seed=args.seed, max_seconds=args.max_seconds),
+            language=args.language, out=args.out,
+        )  # fmt: skip
+        print(out)
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,245 @@
+"""Lean, atomic checkpoints: ``checkpoints/step-NNNNNNN/{model.safetensors, state.pt, COMPLETE}``.
+
+* ``model.safetensors``: the trained GPT weights only (no DVAE, no HiFi-GAN: those never change).
+* ``state.pt``: everything else resume needs — optimizer, LR scheduler, grad scaler, the RNG
+  states of Python, NumPy and torch, the sampler position, step and epoch — made of tensors and
+  plain values only, so ``torch.load(path, weights_only=True)`` reads it.
+* ``COMPLETE``: written last. A folder without it is never used.
+
+A save goes to a hidden temporary folder that is renamed into place, so an exception or a kill
+in the middle leaves the previous checkpoint intact. A damaged newest checkpoint is moved aside
+(``checkpoints/damaged-step-…``), never deleted, and resume falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine import runs
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+COMPLETE_FILE = "COMPLETE"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be read; the message names it."""
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state as plain tensors (weights_only-loadable)
+
+
+def capture_rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) RNG states as tensors and plain values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state = {
+        "python": {
+            "version": py_version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached": float(np_cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate(
+        (py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"])
+    )
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["name"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def scheduler_state(scheduler) -> dict:
+    """MultiStepLR's state with its ``Counter`` of milestones turned into a plain dict."""
+    state = dict(scheduler.state_dict())
+    if isinstance(state.get("milestones"), Counter):
+        state["milestones"] = {int(k): int(v) for k, v in state["milestones"].items()}
+    return state
+
+
+def load_scheduler_state(scheduler, state: dict) -> None:
+    state = dict(state)
+    if isinstance(state.get("milestones"), dict):
+        state["milestones"] = Counter(
+            {int(k): int(v) for k, v in state["milestones"].items()}
+        )
+    scheduler.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------------
+# Save and load
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    training_state: dict,
+    before_complete: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNNN/`` atomically and return its path.
+
+    Args:
+        run_dir: the run folder.
+        step: optimizer steps done; names the folder.
+        model_state: the GPT's ``state_dict()`` (tensors are copied to CPU, made contiguous).
+        training_state: optimizer/scheduler/scaler/RNG/sampler state (tensors and plain values).
+        before_complete: test hook called with the temporary folder before COMPLETE is written.
+
+    An existing folder of the same step (a re-save after resume) is replaced only after the new
+    one is complete. Raises OSError on disk errors, leaving earlier checkpoints untouched.
+    """
+    folder = run_dir / CHECKPOINTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / runs.checkpoint_name(step)
+    tmp = folder / f".tmp-{runs.checkpoint_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        tensors = {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()
+        }
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"step": str(step)})
+        torch.save(training_state, tmp / STATE_FILE)
+        if before_complete is not None:
+            before_complete(tmp)
+        _write_and_sync(
+            tmp / COMPLETE_FILE, json.dumps({"step": step, "time": time.time()}) + "\n"
+        )
+        if final.exists():
+            old = folder / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_and_sync(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a complete checkpoint folder: (GPT state dict, training state). Raises CheckpointError."""
+    if not (path / COMPLETE_FILE).is_file():
+        raise CheckpointError(f"{path}: incomplete (no {COMPLETE_FILE} marker)")
+    try:
+        weights = load_file(str(path / MODEL_FILE))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except (
+        Exception
+    ) as exc:  # safetensors and torch raise several types for damaged files
+        raise CheckpointError(f"{path}: damaged ({type(exc).__name__}: {exc})") from exc
+    return weights, state
+
+
+def load_latest_checkpoint(run_dir: Path, log: Callable[[str], None] = print):
+    """The newest complete checkpoint that loads: (path, weights, state), or None.
+
+    A complete-marked checkpoint that fails to load is moved aside to
+    ``checkpoints/damaged-step-NNNNNNN`` (never deleted) with a warning, and the one before it
+    is tried.
+    """
+    for info in reversed(runs.list_checkpoints(run_dir)):
+        if not info.complete:
+            continue
+        try:
+            weights, state = load_checkpoint(info.path)
+        except CheckpointError as exc:
+            aside = info.path.with_name(f"damaged-{info.path.name}")
+            n = 1
+            while aside.exists():
+                aside = info.path.with_name(f"damaged-{info.path.name}-{n}")
+                n += 1
+            os.replace(info.path, aside)
+            log(
+                f"warning: {exc}; moved aside to {aside.name}, trying the previous checkpoint"
+            )
+            continue
+        return info.path, weights, state
+    return None
+
+
+def prune_checkpoints(
+    run_dir: Path, keep: int, protect: set[int] = frozenset()
+) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints, sparing steps in ``protect``
+    (the best by validation, the last good before a spike). Incomplete folders are left alone.
+    Returns the removed paths."""
+    complete = [c for c in runs.list_checkpoints(run_dir) if c.complete]
+    removed = []
+    for info in complete[:-keep] if keep > 0 else complete:
+        if info.step in protect:
+            continue
+        shutil.rmtree(info.path)
+        removed.append(info.path)
+    return removed
+
+
+def checkpoint_bytes(
+    model_state: dict[str, torch.Tensor], optimizer_state_factor: float = 2.0
+) -> int:
+    """Estimated size of one checkpoint in bytes: weights plus AdamW's two moments (factor 2)."""
+    weights = sum(t.numel() * t.element_size() for t in model_state.values())
+    return int(weights * (1 + optimizer_state_factor))
+
+
+def check_disk_space(
+    run_dir: Path, model_state: dict[str, torch.Tensor], keep: int
+) -> None:
+    """Refuse to start (OSError) when the run folder's disk cannot hold ``keep + 1`` checkpoints
+    (the newest ``keep`` plus the one being written)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    need = checkpoint_bytes(model_state) * (keep + 1)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise OSError(
+            f"not enough disk space in {run_dir}: {free / 1e9:.2f} GB free, {keep + 1} checkpoints "
+            f"need about {need / 1e9:.2f} GB; free some space or lower keep_checkpoints"
+        )
