@@ -16,29 +16,21 @@ def _milestones(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"milestones must be whole epochs separated by commas, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"milestones must be whole epochs separated by commas, got {text!r}") from None
 
 
 def _gpus(text: str) -> int | list[int]:
     try:
         return [int(x) for x in text.split(",")] if "," in text else int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--gpus takes a count or device ids like 0,1; got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"--gpus takes a count or device ids like 0,1; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine", description="Timbre: XTTS-v2 voice fine-tuning."
-    )
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Timbre: XTTS-v2 voice fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser(
-        "tiny-model", help="write a tiny random model with the XTTS-v2 file layout"
-    )
+    p = sub.add_parser("tiny-model", help="write a tiny random model with the XTTS-v2 file layout")
     p.add_argument("directory", type=Path)
 
     p = sub.add_parser("prepare", help="transcribe voices/VOICE/ into datasets/VOICE/")
@@ -48,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="faster-whisper",
         choices=["faster-whisper", "openai-whisper"],
     )
-    p.add_argument(
-        "--whisper-model", default=None, help="Whisper model name or local path"
-    )
+    p.add_argument("--whisper-model", default=None, help="Whisper model name or local path")
     p.add_argument("--language", default="en")
     p.add_argument("--validation-fraction", type=float, default=0.15)
 
@@ -78,17 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=FIELD_HELP["freeze"],
     )
 
-    p = sub.add_parser(
-        "train", help="train (or resume) the run described by a train.yaml"
-    )
+    p = sub.add_parser("train", help="train (or resume) the run described by a train.yaml")
     p.add_argument("config", type=Path)
 
     p = sub.add_parser("generate", help="speak TEXT in VOICE's voice")
     p.add_argument("voice")
     p.add_argument("text")
-    p.add_argument(
-        "--run", default=None, help="a run of the voice; omitted: the base model"
-    )
+    p.add_argument("--run", default=None, help="a run of the voice; omitted: the base model")
     p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
     p.add_argument("--base-model", default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -122,9 +108,7 @@ def _run(args) -> int:
     if args.command == "tiny-model":
         from engine.models import write_tiny_model
 
-        print(
-            f"wrote a tiny random XTTS-v2-layout model to {write_tiny_model(args.directory)}"
-        )
+        print(f"wrote a tiny random XTTS-v2-layout model to {write_tiny_model(args.directory)}")
         return 0
     if args.command == "prepare":
         from engine.dataset import prepare_command
@@ -134,11 +118,7 @@ def _run(args) -> int:
             language=args.language, validation_fraction=args.validation_fraction,
         )  # fmt: skip
     if args.command == "config":
-        values = {
-            k: v
-            for k, v in vars(args).items()
-            if k not in ("command",) and v is not None
-        }
+        values = {k: v for k, v in vars(args).items() if k not in ("command",) and v is not None}
         try:
             config = TrainConfig(**values)
         except ConfigError as exc:

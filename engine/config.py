@@ -42,9 +42,7 @@ FIELD_HELP: dict[str, str] = {}
 def _f(default, help: str, **kwargs):
     """A dataclass field with its help text (filled into FIELD_HELP by the class below)."""
     if isinstance(default, list):
-        return field(
-            default_factory=lambda d=default: list(d), metadata={"help": help}, **kwargs
-        )
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help}, **kwargs)
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
@@ -73,12 +71,8 @@ class TrainConfig:
         'weights"); empty starts from the base model.',
     )
     epochs: int = _f(10, "Full passes over the training clips.")
-    learning_rate: float = _f(
-        5e-6, "AdamW learning rate at the start (coqui's XTTS-v2 recipe uses 5e-6)."
-    )
-    weight_decay: float = _f(
-        1e-2, "AdamW weight decay (coqui's XTTS-v2 recipe uses 1e-2)."
-    )
+    learning_rate: float = _f(5e-6, "AdamW learning rate at the start (coqui's XTTS-v2 recipe uses 5e-6).")
+    weight_decay: float = _f(1e-2, "AdamW weight decay (coqui's XTTS-v2 recipe uses 1e-2).")
     text_loss_weight: float = _f(
         0.01,
         "Weight of the text cross-entropy in the optimised loss (TorToiSe default 0.01). For a voice "
@@ -104,12 +98,8 @@ class TrainConfig:
         "clips, so memory falls while the effective batch stays batch_size.",
     )
     validate_every: int = _f(1, "Run validation every this many epochs (0: never).")
-    save_every: int = _f(
-        1, "Save a checkpoint every this many epochs (one is always saved at the end)."
-    )
-    keep_checkpoints: int = _f(
-        2, "Newest checkpoints kept (the best by validation loss is kept as well)."
-    )
+    save_every: int = _f(1, "Save a checkpoint every this many epochs (one is always saved at the end).")
+    keep_checkpoints: int = _f(2, "Newest checkpoints kept (the best by validation loss is kept as well).")
     max_steps: int = _f(
         0,
         "Stop after this many optimizer steps in total (0: no limit; the epochs decide).",
@@ -118,16 +108,12 @@ class TrainConfig:
         1,
         "Number of GPUs, or a list of device ids. More than one runs under torchrun with DDP.",
     )
-    precision: str = _f(
-        "fp32", "fp32, bf16 (Ampere and newer), or fp16 (with a gradient scaler)."
-    )
+    precision: str = _f("fp32", "fp32, bf16 (Ampere and newer), or fp16 (with a gradient scaler).")
     freeze: list[str] = _f(
         [],
         "GPT module groups left untouched: " + ", ".join(FREEZE_GROUPS) + ".",
     )
-    max_grad_norm: float = _f(
-        1.0, "Gradients are clipped to this L2 norm (0: no clipping)."
-    )
+    max_grad_norm: float = _f(1.0, "Gradients are clipped to this L2 norm (0: no clipping).")
     max_text_tokens: int = _f(
         200,
         "Clips whose transcript has more text tokens are rejected by the dataset check.",
@@ -136,12 +122,8 @@ class TrainConfig:
         11.6,
         "Clips longer than this are rejected by the dataset check (XTTS-v2 trains on up to ~11.6 s).",
     )
-    min_audio_seconds: float = _f(
-        0.5, "Clips shorter than this are rejected by the dataset check."
-    )
-    num_workers: int = _f(
-        0, "DataLoader worker processes (0: load in the training process)."
-    )
+    min_audio_seconds: float = _f(0.5, "Clips shorter than this are rejected by the dataset check.")
+    num_workers: int = _f(0, "DataLoader worker processes (0: load in the training process).")
     seed: int = _f(
         1234,
         "Seed for shuffling, conditioning slices and initialisation; the same seed repeats a run exactly.",
@@ -191,15 +173,13 @@ class TrainConfig:
             "must be at least 1",
         )
         need(
-            isinstance(self.gradient_accumulation, int)
-            and self.gradient_accumulation >= 1,
+            isinstance(self.gradient_accumulation, int) and self.gradient_accumulation >= 1,
             "gradient_accumulation",
             "must be at least 1",
         )
         if isinstance(self.gpus, list):
             need(
-                len(self.gpus) >= 1
-                and all(isinstance(g, int) and g >= 0 for g in self.gpus),
+                len(self.gpus) >= 1 and all(isinstance(g, int) and g >= 0 for g in self.gpus),
                 "gpus",
                 "must list device ids",
             )
@@ -248,11 +228,7 @@ class TrainConfig:
 
     def base_model_dir(self) -> Path:
         """The base-model folder: ``base_model`` or models/xtts-v2/."""
-        return (
-            Path(self.base_model).expanduser()
-            if self.base_model
-            else paths.default_base_model_dir()
-        )
+        return Path(self.base_model).expanduser() if self.base_model else paths.default_base_model_dir()
 
     def run_dir(self) -> Path:
         return paths.run_dir(self.voice, self.run)
@@ -267,9 +243,7 @@ class TrainConfig:
     def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
         """Build from a mapping; raises ConfigError naming ``source`` for unknown keys or bad values."""
         if not isinstance(data, dict):
-            raise ConfigError(
-                f"{source}: expected a mapping of settings, got {type(data).__name__}"
-            )
+            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -297,9 +271,7 @@ class TrainConfig:
             raise ConfigError("voice and run must be set to write a run")
         target = self.run_dir() / "train.yaml"
         if target.exists():
-            raise FileExistsError(
-                f"run {self.run!r} of voice {self.voice!r} already exists: {target}"
-            )
+            raise FileExistsError(f"run {self.run!r} of voice {self.voice!r} already exists: {target}")
         write_text_atomic(target, self.to_yaml())
         return target
 

@@ -57,9 +57,7 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 5:
-            raise GenerationError(
-                f"temperature must be in (0, 5], got {self.temperature}"
-            )
+            raise GenerationError(f"temperature must be in (0, 5], got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 1:
@@ -73,14 +71,10 @@ def reference_files(voice: str) -> list[Path]:
     folder = paths.voice_dir(voice)
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in audio_io.SUPPORTED_EXTENSIONS
-    )
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in audio_io.SUPPORTED_EXTENSIONS)
 
 
-def checkpoint_weights(
-    voice: str, run: str | None, checkpoint: str = "latest"
-) -> Path | None:
+def checkpoint_weights(voice: str, run: str | None, checkpoint: str = "latest") -> Path | None:
     """``model.safetensors`` of a run's checkpoint (None for the base model). Raises GenerationError."""
     if not run or run == BASE_MODEL:
         return None
@@ -103,12 +97,8 @@ class Synthesizer:
     """
 
     def __init__(self, base_model: str | Path | None = None, device: str | None = None):
-        self.base_model = (
-            Path(base_model) if base_model else paths.default_base_model_dir()
-        )
-        self.device = torch.device(
-            device or ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.base_model = Path(base_model) if base_model else paths.default_base_model_dir()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = None
         self.weights: Path | None = None
         self._latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -117,27 +107,15 @@ class Synthesizer:
         """Load the base model once, then the GPT weights of ``weights`` (None: base weights)."""
         if self.model is None:
             log(f"loading the base model from {self.base_model}")
-            self.model = models.load_xtts(
-                self.base_model, device=self.device, eval=True
-            )
-            self._base_gpt = {
-                k: v.detach().clone() for k, v in self.model.gpt.state_dict().items()
-            }
+            self.model = models.load_xtts(self.base_model, device=self.device, eval=True)
+            self._base_gpt = {k: v.detach().clone() for k, v in self.model.gpt.state_dict().items()}
         if weights != self.weights:
-            state = (
-                self._base_gpt
-                if weights is None
-                else load_file(str(weights), device=str(self.device))
-            )
+            state = self._base_gpt if weights is None else load_file(str(weights), device=str(self.device))
             missing, unexpected = self.model.gpt.load_state_dict(state, strict=False)
             # The inference wrapper shares the trained modules under other names; nothing else may be missing.
-            bad = [
-                k for k in missing if not k.startswith(("gpt_inference.", "gpt.wte."))
-            ]
+            bad = [k for k in missing if not k.startswith(("gpt_inference.", "gpt.wte."))]
             if bad or unexpected:
-                raise GenerationError(
-                    f"{weights}: does not match the base model's GPT ({(bad + unexpected)[:5]})"
-                )
+                raise GenerationError(f"{weights}: does not match the base model's GPT ({(bad + unexpected)[:5]})")
             self.weights = weights
             log(f"using {'the base model weights' if weights is None else weights}")
         return self.model
@@ -148,8 +126,7 @@ class Synthesizer:
         Cached per reference files and GPT weights. Raises GenerationError when none is usable."""
         key = hashlib.sha256(
             json.dumps(
-                [str(self.weights)]
-                + [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in references]
+                [str(self.weights)] + [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in references]
             ).encode()
         ).hexdigest()
         if key in self._latents:
@@ -163,13 +140,9 @@ class Synthesizer:
                 continue
             clip = clip[: models.SAMPLE_RATE * 30].unsqueeze(0).to(self.device)
             clips.append(clip)
-            embeddings.append(
-                self.model.get_speaker_embedding(clip, models.SAMPLE_RATE)
-            )
+            embeddings.append(self.model.get_speaker_embedding(clip, models.SAMPLE_RATE))
         if not clips:
-            raise GenerationError(
-                "no usable reference recording: add recordings of the voice first"
-            )
+            raise GenerationError("no usable reference recording: add recordings of the voice first")
         latents = self.model.get_gpt_cond_latents(
             torch.cat(clips, dim=-1), models.SAMPLE_RATE, length=30, chunk_length=6
         )
@@ -187,9 +160,7 @@ class Synthesizer:
         latents, speaker = self.conditioning(references, log=log)
         extra = {}
         if settings.max_seconds:
-            extra["max_new_tokens"] = max(
-                1, int(settings.max_seconds * models.SAMPLE_RATE / models.CODE_STRIDE)
-            )
+            extra["max_new_tokens"] = max(1, int(settings.max_seconds * models.SAMPLE_RATE / models.CODE_STRIDE))
         torch.manual_seed(settings.seed)
         with torch.inference_mode():
             out = model.inference(
@@ -199,13 +170,7 @@ class Synthesizer:
                 speed=settings.speed, enable_text_splitting=settings.split_sentences, **extra,
             )  # fmt: skip
         wav = out["wav"]
-        return (
-            (wav if isinstance(wav, torch.Tensor) else torch.as_tensor(wav))
-            .detach()
-            .float()
-            .cpu()
-            .flatten()
-        )
+        return (wav if isinstance(wav, torch.Tensor) else torch.as_tensor(wav)).detach().float().cpu().flatten()
 
 
 def generate_speech(
@@ -240,15 +205,11 @@ def generate_speech(
         settings.seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     references = reference_files(voice)
     if not references:
-        raise GenerationError(
-            f"voice {voice!r} has no recordings in {paths.voice_dir(voice)}"
-        )
+        raise GenerationError(f"voice {voice!r} has no recordings in {paths.voice_dir(voice)}")
     weights = checkpoint_weights(voice, run, checkpoint)
     synthesizer = synthesizer or Synthesizer(base_model)
     started = time.perf_counter()
-    wav = synthesizer.synthesize(
-        text, references, weights, settings, language=language, log=log
-    )
+    wav = synthesizer.synthesize(text, references, weights, settings, language=language, log=log)
     seconds = time.perf_counter() - started
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -262,9 +223,7 @@ def generate_speech(
         "sample_rate": models.OUTPUT_SAMPLE_RATE, "seconds": round(duration, 3),
         "real_time_factor": round(seconds / max(duration, 1e-9), 3), "created": time.time(),
     }  # fmt: skip
-    out.with_suffix(".json").write_text(
-        json.dumps(meta, indent=2) + "\n", encoding="utf-8"
-    )
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {out} ({duration:.2f} s of audio in {seconds:.1f} s)")
     return out
 
@@ -278,11 +237,7 @@ def list_outputs(voice: str) -> list[dict]:
     for wav in folder.glob("*.wav"):
         meta_path = wav.with_suffix(".json")
         try:
-            meta = (
-                json.loads(meta_path.read_text(encoding="utf-8"))
-                if meta_path.is_file()
-                else {}
-            )
+            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
         except (OSError, json.JSONDecodeError):
             meta = {}
         meta["path"] = str(wav)

@@ -71,9 +71,7 @@ class BaseModelStatus:
     def describe(self) -> str:
         if self.ready:
             return f"XTTS-v2 base model ready in {self.directory}"
-        return (
-            f"XTTS-v2 base model missing in {self.directory}: {', '.join(self.missing)}"
-        )
+        return f"XTTS-v2 base model missing in {self.directory}: {', '.join(self.missing)}"
 
 
 def base_model_status(directory: str | os.PathLike | None = None) -> BaseModelStatus:
@@ -88,9 +86,7 @@ def require_base_model(directory: str | os.PathLike | None = None) -> Path:
     """Return the base-model folder, or raise BaseModelError naming the missing files."""
     status = base_model_status(directory)
     if not status.ready:
-        raise BaseModelError(
-            f"{status.describe()}. Download it from the Settings tab or pass --base-model DIR."
-        )
+        raise BaseModelError(f"{status.describe()}. Download it from the Settings tab or pass --base-model DIR.")
     return status.directory
 
 
@@ -109,9 +105,7 @@ def download_base_model(
     Raises PermissionError without licence acceptance; network errors propagate.
     """
     if not accept_license:
-        raise PermissionError(
-            f"the XTTS-v2 weights are under the {LICENSE_NAME}; accept it to download"
-        )
+        raise PermissionError(f"the XTTS-v2 weights are under the {LICENSE_NAME}; accept it to download")
     from huggingface_hub import (
         hf_hub_download,
     )  # imported here: nothing touches the network at import
@@ -133,9 +127,7 @@ def download_base_model(
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-    )
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
     try:
         shutil.copyfile(source, tmp)
@@ -164,9 +156,7 @@ def load_xtts_config(directory: str | os.PathLike):
     return config
 
 
-def load_xtts(
-    directory: str | os.PathLike, device: str | torch.device = "cpu", eval: bool = True
-):
+def load_xtts(directory: str | os.PathLike, device: str | torch.device = "cpu", eval: bool = True):
     """Load coqui's ``Xtts`` (GPT + HiFi-GAN decoder + tokenizer) from a base-model folder.
 
     ``eval=True`` prepares the GPT for inference (KV cache); training uses ``eval=False``.
@@ -178,13 +168,9 @@ def load_xtts(
     config = load_xtts_config(directory)
     model = Xtts(config)
     try:
-        model.load_checkpoint(
-            config, checkpoint_dir=str(directory), eval=eval, strict=True
-        )
+        model.load_checkpoint(config, checkpoint_dir=str(directory), eval=eval, strict=True)
     except (RuntimeError, KeyError, EOFError) as exc:
-        raise BaseModelError(
-            f"{directory / 'model.pth'}: cannot be loaded into XTTS: {exc}"
-        ) from None
+        raise BaseModelError(f"{directory / 'model.pth'}: cannot be loaded into XTTS: {exc}") from None
     model.mel_stats.copy_(load_mel_stats(directory))
     return model.to(device)
 
@@ -224,9 +210,7 @@ def load_dvae(directory: str | os.PathLike):
         state = torch.load(path, map_location="cpu", weights_only=True)
         dvae.load_state_dict(state, strict=False)
     except (RuntimeError, EOFError, OSError) as exc:
-        raise BaseModelError(
-            f"{path}: cannot be loaded as the XTTS DVAE: {exc}"
-        ) from None
+        raise BaseModelError(f"{path}: cannot be loaded as the XTTS DVAE: {exc}") from None
     dvae.eval().requires_grad_(False)
     return dvae
 
@@ -252,9 +236,7 @@ def _mel_transform(mel_stats: torch.Tensor, n_fft: int):
     def transform(audio: torch.Tensor) -> torch.Tensor:
         """(batch, samples) at 22.05 kHz → log mel / mel_stats, (batch, 80, frames), hop 256."""
         mel = spectrogram.to(audio.device)(audio)
-        return torch.log(torch.clamp(mel, min=1e-5)) / mel_stats.to(audio.device).view(
-            1, -1, 1
-        )
+        return torch.log(torch.clamp(mel, min=1e-5)) / mel_stats.to(audio.device).view(1, -1, 1)
 
     return transform
 
@@ -287,9 +269,7 @@ def write_tiny_model(
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    tokenizer = Tokenizer.from_file(
-        str(Path(TTS.__file__).parent / "tts/utils/assets/tortoise/tokenizer.json")
-    )
+    tokenizer = Tokenizer.from_file(str(Path(TTS.__file__).parent / "tts/utils/assets/tortoise/tokenizer.json"))
     tokenizer.add_special_tokens(["[START]"] + [f"[{lang}]" for lang in LANGUAGES])
     tokenizer.save(str(directory / "vocab.json"))
 
@@ -305,9 +285,7 @@ def write_tiny_model(
         gpt_max_text_tokens=402,
         decoder_input_dim=width,
     )
-    config = XttsConfig(
-        model_args=args, audio=XttsAudioConfig(), languages=list(LANGUAGES)
-    )
+    config = XttsConfig(model_args=args, audio=XttsAudioConfig(), languages=list(LANGUAGES))
     config.save_json(str(directory / "config.json"))
 
     model = Xtts(load_xtts_config(directory))
@@ -319,7 +297,6 @@ def write_tiny_model(
     torch.save(build_dvae().state_dict(), directory / "dvae.pth")
     torch.save(torch.ones(80), directory / "mel_stats.pth")
     (directory / "TINY_RANDOM_MODEL.json").write_text(
-        json.dumps({"layers": layers, "width": width, "heads": heads, "seed": seed})
-        + "\n"
+        json.dumps({"layers": layers, "width": width, "heads": heads, "seed": seed}) + "\n"
     )
     return directory

@@ -98,9 +98,7 @@ def voice_training_dir(voice: str) -> Path:
 
 def run_dir(voice: str, run: str) -> Path:
     """``training/<voice>/<run>/``. Raises InvalidNameError."""
-    return _inside(
-        training_dir(), check_name(voice, "voice name"), check_name(run, "run name")
-    )
+    return _inside(training_dir(), check_name(voice, "voice name"), check_name(run, "run name"))
 
 
 def output_dir(voice: str) -> Path:
@@ -118,9 +116,7 @@ def list_voices() -> list[str]:
     names: set[str] = set()
     for base in (voices_dir(), datasets_dir()):
         if base.is_dir():
-            names.update(
-                p.name for p in base.iterdir() if p.is_dir() and _NAME.match(p.name)
-            )
+            names.update(p.name for p in base.iterdir() if p.is_dir() and _NAME.match(p.name))
     return sorted(names)
 
 

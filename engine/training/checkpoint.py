@@ -69,9 +69,7 @@ def capture_rng_state() -> dict:
 def restore_rng_state(state: dict) -> None:
     """Inverse of :func:`capture_rng_state`."""
     py = state["python"]
-    random.setstate(
-        (py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"])
-    )
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     npst = state["numpy"]
     np.random.set_state(
         (
@@ -98,9 +96,7 @@ def scheduler_state(scheduler) -> dict:
 def load_scheduler_state(scheduler, state: dict) -> None:
     state = dict(state)
     if isinstance(state.get("milestones"), dict):
-        state["milestones"] = Counter(
-            {int(k): int(v) for k, v in state["milestones"].items()}
-        )
+        state["milestones"] = Counter({int(k): int(v) for k, v in state["milestones"].items()})
     scheduler.load_state_dict(state)
 
 
@@ -135,16 +131,12 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        tensors = {
-            k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()
-        }
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"step": str(step)})
         torch.save(training_state, tmp / STATE_FILE)
         if before_complete is not None:
             before_complete(tmp)
-        _write_and_sync(
-            tmp / COMPLETE_FILE, json.dumps({"step": step, "time": time.time()}) + "\n"
-        )
+        _write_and_sync(tmp / COMPLETE_FILE, json.dumps({"step": step, "time": time.time()}) + "\n")
         if final.exists():
             old = folder / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
@@ -172,9 +164,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         weights = load_file(str(path / MODEL_FILE))
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # safetensors and torch raise several types for damaged files
+    except Exception as exc:  # safetensors and torch raise several types for damaged files
         raise CheckpointError(f"{path}: damaged ({type(exc).__name__}: {exc})") from exc
     return weights, state
 
@@ -198,17 +188,13 @@ def load_latest_checkpoint(run_dir: Path, log: Callable[[str], None] = print):
                 aside = info.path.with_name(f"damaged-{info.path.name}-{n}")
                 n += 1
             os.replace(info.path, aside)
-            log(
-                f"warning: {exc}; moved aside to {aside.name}, trying the previous checkpoint"
-            )
+            log(f"warning: {exc}; moved aside to {aside.name}, trying the previous checkpoint")
             continue
         return info.path, weights, state
     return None
 
 
-def prune_checkpoints(
-    run_dir: Path, keep: int, protect: set[int] = frozenset()
-) -> list[Path]:
+def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] = frozenset()) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints, sparing steps in ``protect``
     (the best by validation, the last good before a spike). Incomplete folders are left alone.
     Returns the removed paths."""
@@ -222,17 +208,13 @@ def prune_checkpoints(
     return removed
 
 
-def checkpoint_bytes(
-    model_state: dict[str, torch.Tensor], optimizer_state_factor: float = 2.0
-) -> int:
+def checkpoint_bytes(model_state: dict[str, torch.Tensor], optimizer_state_factor: float = 2.0) -> int:
     """Estimated size of one checkpoint in bytes: weights plus AdamW's two moments (factor 2)."""
     weights = sum(t.numel() * t.element_size() for t in model_state.values())
     return int(weights * (1 + optimizer_state_factor))
 
 
-def check_disk_space(
-    run_dir: Path, model_state: dict[str, torch.Tensor], keep: int
-) -> None:
+def check_disk_space(run_dir: Path, model_state: dict[str, torch.Tensor], keep: int) -> None:
     """Refuse to start (OSError) when the run folder's disk cannot hold ``keep + 1`` checkpoints
     (the newest ``keep`` plus the one being written)."""
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -81,18 +81,14 @@ def read_metadata(path: Path) -> list[Clip]:
         reader = csv.reader(fh, delimiter="|", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if not header or header[:2] != ["audio_file", "text"]:
-            raise DatasetCheckError(
-                f"{path}: expected a header 'audio_file|text|speaker_name'"
-            )
+            raise DatasetCheckError(f"{path}: expected a header 'audio_file|text|speaker_name'")
         clips = []
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
             audio_file = row[0]
             text = row[1] if len(row) > 1 else ""
-            clips.append(
-                Clip(path.parent / audio_file, text.strip(), f"{path.name}:{line_no}")
-            )
+            clips.append(Clip(path.parent / audio_file, text.strip(), f"{path.name}:{line_no}"))
     return clips
 
 
@@ -138,9 +134,7 @@ class FeatureExtractor:
         device: where the DVAE runs.
     """
 
-    def __init__(
-        self, base_model: Path, cache_dir: Path, device: torch.device | str = "cpu"
-    ):
+    def __init__(self, base_model: Path, cache_dir: Path, device: torch.device | str = "cpu"):
         self.base_model = base_model
         self.cache_dir = cache_dir / model_cache_key(base_model)
         self.device = torch.device(device)
@@ -224,14 +218,10 @@ def prepare_samples(
         tokens = tokenizer.encode(clip.text, language)
         if unk in tokens:
             chars = unknown_characters(clip.text, tokenizer, language)
-            problems.append(
-                f"{where}: unknown characters {''.join(chars)!r} in {clip.text!r}"
-            )
+            problems.append(f"{where}: unknown characters {''.join(chars)!r} in {clip.text!r}")
             continue
         if len(tokens) > max_text_tokens:
-            problems.append(
-                f"{where}: transcript too long ({len(tokens)} tokens, limit {max_text_tokens})"
-            )
+            problems.append(f"{where}: transcript too long ({len(tokens)} tokens, limit {max_text_tokens})")
             continue
         try:
             feats = features.features(clip.audio_path)
@@ -243,14 +233,10 @@ def prepare_samples(
             continue
         seconds = feats["wav_length"] / models.SAMPLE_RATE
         if seconds < min_seconds:
-            problems.append(
-                f"{where}: too short ({seconds:.2f} s, minimum {min_seconds:g} s)"
-            )
+            problems.append(f"{where}: too short ({seconds:.2f} s, minimum {min_seconds:g} s)")
             continue
         if seconds > max_seconds:
-            problems.append(
-                f"{where}: too long ({seconds:.2f} s, maximum {max_seconds:g} s)"
-            )
+            problems.append(f"{where}: too long ({seconds:.2f} s, maximum {max_seconds:g} s)")
             continue
         samples.append(
             Sample(
@@ -318,9 +304,7 @@ def padding_fraction(samples: list[Sample]) -> float:
     return 1.0 - sum(lengths) / (max(lengths) * len(lengths))
 
 
-def collate(
-    samples: list[Sample], rng: random.Random | None
-) -> dict[str, torch.Tensor]:
+def collate(samples: list[Sample], rng: random.Random | None) -> dict[str, torch.Tensor]:
     """The GPT's training inputs for one micro-batch.
 
     Conditioning: a slice of each clip's own conditioning mel, as in coqui's XTTS recipe (3–6 s,
@@ -331,15 +315,11 @@ def collate(
     Returns text_inputs (B, T) int64, text_lengths (B,), audio_codes (B, C) int64,
     wav_lengths (B,) int64 samples, cond_mels (B, 1, 80, L) float32.
     """
-    length = (
-        (MIN_COND_FRAMES + MAX_COND_FRAMES) // 2
-        if rng is None
-        else rng.randint(MIN_COND_FRAMES, MAX_COND_FRAMES)
-    )
+    length = (MIN_COND_FRAMES + MAX_COND_FRAMES) // 2 if rng is None else rng.randint(MIN_COND_FRAMES, MAX_COND_FRAMES)
     frames = [s.style_mel.shape[-1] for s in samples]
     length = min(length if f >= length else max(1, f // 2) for f in frames)
     conds = []
-    for s, f in zip(samples, frames):
+    for s, f in zip(samples, frames, strict=True):
         start = 0 if rng is None else rng.randint(0, f - length)
         conds.append(s.style_mel[:, start : start + length])
     text_lengths = torch.tensor([s.text_tokens.numel() for s in samples])

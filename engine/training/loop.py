@@ -71,9 +71,7 @@ def train(config_path: str | Path) -> int:
     runtime.write_status(run_dir, env, **status)
     try:
         code, message, step = _train(cfg, run_dir, env, log, status)
-    except (
-        Exception
-    ) as exc:  # the run folder keeps everything; the reason goes to log and status
+    except Exception as exc:  # the run folder keeps everything; the reason goes to log and status
         log("training failed:\n" + traceback.format_exc())
         code, message, step = (
             EXIT_FAILED,
@@ -90,20 +88,14 @@ def train(config_path: str | Path) -> int:
     return code
 
 
-def _train(
-    cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: dict
-) -> tuple[int, str, int]:
+def _train(cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: dict) -> tuple[int, str, int]:
     # ---- config and environment --------------------------------------------------------------
     world = env.world_size
     if world != cfg.world_size() and env.distributed:
-        log(
-            f"note: train.yaml asks for {cfg.world_size()} processes, torchrun started {world}"
-        )
+        log(f"note: train.yaml asks for {cfg.world_size()} processes, torchrun started {world}")
     micro_size = cfg.batch_size // (cfg.gradient_accumulation * world)
     if micro_size < 1 or cfg.batch_size % (cfg.gradient_accumulation * world):
-        raise TrainingError(
-            f"batch_size {cfg.batch_size} is not divisible by gradient_accumulation x processes"
-        )
+        raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by gradient_accumulation x processes")
     accumulation = cfg.gradient_accumulation
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -137,10 +129,7 @@ def _train(
     for problem in problems + val_problems:
         log(f"dataset check: skipped {problem}")
     if not train_set:
-        raise TrainingError(
-            "dataset check: no usable training clip in train.csv:\n"
-            + "\n".join(problems)
-        )
+        raise TrainingError("dataset check: no usable training clip in train.csv:\n" + "\n".join(problems))
     features._dvae = None  # the DVAE is no longer needed
     log(
         f"dataset: {len(train_set)} training clips ({sum(s.seconds for s in train_set):.1f} s), "
@@ -160,12 +149,8 @@ def _train(
         betas=(0.9, 0.96),
         eps=1e-8,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=cfg.milestones, gamma=cfg.gamma
-    )
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
-        cfg.precision
-    ]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
 
     # ---- resume -------------------------------------------------------------------------------
@@ -190,15 +175,11 @@ def _train(
             state.get("loss_average"),
             state.get("consecutive_skips", 0),
         )
-        log(
-            f"resumed from {path.name}: step {step}, epoch {epoch}, batch {batch_in_epoch} of {steps_per_epoch}"
-        )
+        log(f"resumed from {path.name}: step {step}, epoch {epoch}, batch {batch_in_epoch} of {steps_per_epoch}")
     else:
         ckpt.check_disk_space(run_dir, gpt.state_dict(), cfg.keep_checkpoints)
     model = (
-        DistributedDataParallel(
-            gpt, device_ids=[env.device.index] if env.device.type == "cuda" else None
-        )
+        DistributedDataParallel(gpt, device_ids=[env.device.index] if env.device.type == "cuda" else None)
         if env.distributed
         else gpt
     )
@@ -242,9 +223,7 @@ def _train(
         count = 0
         with (
             torch.no_grad(),
-            torch.autocast(
-                env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-            ),
+            torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
         ):
             for start in range(env.rank * micro_size, len(val_set), micro_size * world):
                 batch = data.collate(val_set[start : start + micro_size], rng=None)
@@ -263,9 +242,7 @@ def _train(
         loss = cfg.text_loss_weight * text_ce + cfg.mel_loss_weight * mel_ce
         metrics.write({"step": step, "epoch": epoch_position(), "split": "validation", "loss_text_ce": text_ce,
                        "loss_mel_ce": mel_ce, "loss": loss, "lr": scheduler.get_last_lr()[0], "time": time.time()})  # fmt: skip
-        log(
-            f"validation at step {step}: text CE {text_ce:.4f}  mel CE {mel_ce:.4f}  loss {loss:.4f}"
-        )
+        log(f"validation at step {step}: text CE {text_ce:.4f}  mel CE {mel_ce:.4f}  loss {loss:.4f}")
         if best["loss"] is None or loss < best["loss"]:
             best.update(loss=loss, step=step)
 
@@ -295,27 +272,17 @@ def _train(
             batch = batches[batch_in_epoch]
             text_sum = mel_sum = 0.0
             for a in range(accumulation):
-                index = (
-                    a * world + env.rank
-                )  # this micro-batch's place in the global batch
+                index = a * world + env.rank  # this micro-batch's place in the global batch
                 seed = micro_seed(cfg.seed, step, index)
                 torch.manual_seed(seed)
-                samples = [
-                    train_set[i]
-                    for i in data.micro_batch(batch, a, env.rank, world, micro_size)
-                ]
+                samples = [train_set[i] for i in data.micro_batch(batch, a, env.rank, world, micro_size)]
                 inputs = data.collate(samples, rng=random.Random(seed))
                 sync = a == accumulation - 1 or not env.distributed
                 context = model.no_sync() if not sync else contextlib.nullcontext()
                 with context:
-                    with torch.autocast(
-                        env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-                    ):
+                    with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         loss_text, loss_mel = forward(model, inputs)
-                        loss = (
-                            cfg.text_loss_weight * loss_text
-                            + cfg.mel_loss_weight * loss_mel
-                        )
+                        loss = cfg.text_loss_weight * loss_text + cfg.mel_loss_weight * loss_mel
                     scaler.scale(loss / accumulation).backward()
                 text_sum += loss_text.item() / accumulation
                 mel_sum += loss_mel.item() / accumulation
@@ -324,9 +291,7 @@ def _train(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             )
-            text_ce, mel_ce, grad_norm_mean = runtime.all_mean(
-                [text_sum, mel_sum, float(grad_norm)], env
-            )
+            text_ce, mel_ce, grad_norm_mean = runtime.all_mean([text_sum, mel_sum, float(grad_norm)], env)
             loss_value = cfg.text_loss_weight * text_ce + cfg.mel_loss_weight * mel_ce
             finite = math.isfinite(loss_value) and math.isfinite(grad_norm_mean)
             if finite:
@@ -353,31 +318,17 @@ def _train(
                         "time": row["time"],
                     }
                 )
-                log(
-                    f"step {step}: non-finite loss or gradient, update skipped ({consecutive_skips} in a row)"
-                )
+                log(f"step {step}: non-finite loss or gradient, update skipped ({consecutive_skips} in a row)")
                 if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                     return EXIT_DIVERGED, f"loss diverged at step {step}", step
             elif loss_average is not None and loss_value > SPIKE_FACTOR * loss_average:
                 row["spike"] = True
                 metrics.write({"event": "spike", "step": step, "epoch": row["epoch"], "time": row["time"],
                                "loss": loss_value, "moving_average": loss_average})  # fmt: skip
-                log(
-                    f"step {step}: loss spike {loss_value:.4f} against a moving average of {loss_average:.4f}"
-                )
+                log(f"step {step}: loss spike {loss_value:.4f} against a moving average of {loss_average:.4f}")
             if finite:
-                loss_average = (
-                    loss_value
-                    if loss_average is None
-                    else 0.9 * loss_average + 0.1 * loss_value
-                )
-            metrics.write(
-                {
-                    k: v
-                    for k, v in row.items()
-                    if not isinstance(v, float) or math.isfinite(v)
-                }
-            )
+                loss_average = loss_value if loss_average is None else 0.9 * loss_average + 0.1 * loss_value
+            metrics.write({k: v for k, v in row.items() if not isinstance(v, float) or math.isfinite(v)})
             if env.is_main and (step % 10 == 0 or step == 1):
                 log(
                     f"step {step}/{total_steps}  epoch {row['epoch']:.2f}  text CE {text_ce:.4f}  mel CE {mel_ce:.4f}  lr {lr:.2e}"

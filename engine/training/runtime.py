@@ -56,9 +56,7 @@ def setup_distributed(use_gpu: bool) -> DistEnv:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1:
-        dist.init_process_group(
-            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30)
-        )
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     return DistEnv(rank, world, local, device)
 
 
@@ -118,15 +116,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, allow_nan=False if _finite(row) else True) + "\n")
+            fh.write(json.dumps(row) + "\n")
             fh.flush()
-
-
-def _finite(row: dict) -> bool:
-    return all(
-        not isinstance(v, float) or v == v and abs(v) != float("inf")
-        for v in row.values()
-    )
 
 
 def write_status(run_dir: Path, env: DistEnv, **fields) -> None:
@@ -214,9 +205,7 @@ def optimizer_groups(gpt, weight_decay: float) -> list[dict]:
             if id(param) in seen or not param.requires_grad:
                 continue
             seen.add(id(param))
-            if name.endswith("bias") or isinstance(
-                module, (*norm_types, torch.nn.Embedding)
-            ):
+            if name.endswith("bias") or isinstance(module, (*norm_types, torch.nn.Embedding)):
                 no_decay.append(param)
             else:
                 decay.append(param)
