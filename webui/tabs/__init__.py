@@ -1,0 +1,116 @@
+"""The tabs of the web UI, one module each, and the small adapters they share.
+
+Each tab module has ``build(ctx) -> dict[str, Component]``, called inside ``gr.Blocks`` by
+:func:`webui.app.build_app`. Handlers receive a *set* of components (Gradio passes a dict keyed
+by component); :func:`named` turns that into a dict keyed by field name, so the handler logic
+is plain functions that tests call without a browser. Engine errors are plain exceptions;
+:func:`engine_errors` turns them into ``gr.Error`` and :func:`progress_callable` hands the
+engine a plain ``progress(fraction, description)`` backed by ``gr.Progress``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from engine import paths
+
+logger = logging.getLogger("webui")
+
+#: The exceptions the engine raises for bad input or missing files (ConfigError, DatasetError,
+#: InvalidNameError and TranscriptionError are ValueErrors; BaseModelError is a RuntimeError).
+ENGINE_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
+
+
+@dataclass
+class AppSettings:
+    """App-wide settings edited in the Settings tab and read by the other tabs' handlers."""
+
+    base_model: str = ""
+    whisper_backend: str = "faster-whisper"
+    whisper_model: str = ""
+
+    def base_model_dir(self) -> str:
+        """The base-model folder the app uses: the Settings field or models/xtts-v2/."""
+        return self.base_model or str(paths.default_base_model_dir())
+
+
+@dataclass
+class TabContext:
+    """What ``build()`` gets: the Blocks being built (for ``load`` events), the settings, and
+    the models the app keeps loaded between requests (the Generate tab's synthesizer)."""
+
+    blocks: gr.Blocks
+    settings: AppSettings = field(default_factory=AppSettings)
+    synthesizer: Any = None
+
+    def release_models(self) -> None:
+        """Drop the loaded TTS and Whisper models (before training takes the memory)."""
+        from engine import transcribe
+
+        self.synthesizer = None
+        transcribe.unload_models()
+        gc.collect()
+
+
+def named(values: dict[Any, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """Values of a set-of-components input, keyed by the names in ``components``."""
+    return {name: values[comp] for name, comp in components.items() if comp in values}
+
+
+@contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Re-raise an engine exception as ``gr.Error("<what>: <message>")`` (traceback to the log)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except ENGINE_ERRORS as exc:
+        logger.warning("%s failed", what, exc_info=True)
+        raise gr.Error(f"{what}: {exc}") from exc
+
+
+def progress_callable(progress: gr.Progress) -> Callable[[float, str], None]:
+    """A plain ``progress(fraction 0-1, description)`` for the engine, shown by Gradio."""
+
+    def report(fraction: float, description: str = "") -> None:
+        progress(max(0.0, min(1.0, float(fraction))), desc=description)
+
+    return report
+
+
+class LogLines(list):
+    """A ``log`` callable for the engine that keeps the lines (shown after the call) and logs them."""
+
+    def __call__(self, line: str) -> None:
+        logger.info("%s", line)
+        self.append(str(line))
+
+    def text(self) -> str:
+        return "\n".join(self)
+
+
+def voice_choices() -> list[str]:
+    """Voices that have recordings or a dataset."""
+    return paths.list_voices()
+
+
+def pick(choices: list[str], current: str | None, fallback: str | None = None) -> str | None:
+    """``current`` if it is still a choice, else ``fallback`` if it is, else the first choice."""
+    if current in choices:
+        return current
+    if fallback in choices:
+        return fallback
+    return choices[0] if choices else None
+
+
+def voice_dropdown_update(current: str | None = None) -> gr.Dropdown:
+    """Fresh choices for a voice dropdown, keeping ``current`` when it still exists."""
+    choices = voice_choices()
+    return gr.Dropdown(choices=choices, value=pick(choices, current))
