@@ -88,6 +88,13 @@ def checkpoint_weights(voice: str, run: str | None, checkpoint: str = "latest") 
     return info.path / "model.safetensors"
 
 
+def run_base_model(voice: str, run: str) -> Path:
+    """The base-model folder a run was trained from (its train.yaml), which its weights need."""
+    from engine.config import TrainConfig
+
+    return TrainConfig.load(paths.run_dir(voice, run) / "train.yaml").base_model_dir()
+
+
 class Synthesizer:
     """A loaded XTTS-v2 model that generates speech; keeps what is loaded between calls.
 
@@ -207,6 +214,8 @@ def generate_speech(
     if not references:
         raise GenerationError(f"voice {voice!r} has no recordings in {paths.voice_dir(voice)}")
     weights = checkpoint_weights(voice, run, checkpoint)
+    if base_model is None and weights is not None:
+        base_model = run_base_model(voice, run)
     synthesizer = synthesizer or Synthesizer(base_model)
     started = time.perf_counter()
     wav = synthesizer.synthesize(text, references, weights, settings, language=language, log=log)
