@@ -122,24 +122,18 @@ def load_audio(
         raise AudioError(path, "contains non-finite samples (NaN or infinity)")
     seconds = samples.shape[1] / source_rate
     if seconds < min_seconds:
-        raise AudioError(
-            path, f"too short ({seconds:.2f} s, need at least {min_seconds:g} s)"
-        )
+        raise AudioError(path, f"too short ({seconds:.2f} s, need at least {min_seconds:g} s)")
     audio = torch.from_numpy(samples).mean(dim=0)
     if source_rate != sample_rate:
         audio = AF.resample(audio, source_rate, sample_rate)
     audio = audio.clamp(-1.0, 1.0).contiguous()
     level = dbfs(peak(audio))
     if level < silence_dbfs:
-        raise AudioError(
-            path, f"silent (peak {level:.1f} dBFS, below {silence_dbfs:g} dBFS)"
-        )
+        raise AudioError(path, f"silent (peak {level:.1f} dBFS, below {silence_dbfs:g} dBFS)")
     return audio
 
 
-def loudness_normalise(
-    audio: torch.Tensor, target_dbfs: float = -20.0, peak_dbfs: float = -1.0
-) -> torch.Tensor:
+def loudness_normalise(audio: torch.Tensor, target_dbfs: float = -20.0, peak_dbfs: float = -1.0) -> torch.Tensor:
     """Scale ``audio`` so its RMS level is ``target_dbfs``, without letting its peak pass ``peak_dbfs``.
 
     One gain for the whole signal: ``10 ** ((target_dbfs - rms_dbfs) / 20)``, lowered when it
@@ -167,9 +161,7 @@ def loudness_normalise(
     return audio * gain
 
 
-def save_wav(
-    path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int
-) -> Path:
+def save_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
     """Write mono 16-bit PCM WAV atomically (see :func:`write_bytes_atomic`).
 
     Args:
@@ -188,9 +180,7 @@ def save_wav(
         audio = audio.detach().cpu().numpy()
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
-        raise ValueError(
-            f"save_wav expects 1-D mono audio, got shape {tuple(audio.shape)}"
-        )
+        raise ValueError(f"save_wav expects 1-D mono audio, got shape {tuple(audio.shape)}")
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as writer:
