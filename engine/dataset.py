@@ -18,6 +18,7 @@ Where to cut is :func:`engine.clips.plan_clips`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -155,69 +156,9 @@ def prepare_dataset(
         raise DatasetError(f"no recordings ({kinds}) in {source_dir}", skipped)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.glob(".wavs.*"):  # staging folders of an interrupted run
-        shutil.rmtree(leftover, ignore_errors=True)
     whisper = _Whisper(backend, model, language, device)
-    cache = transcribe.TranscriptCache(out_dir / "transcription.json")
-    hashes = {path: transcribe.file_sha256(path) for path in recordings}
-    cache.keep_only(set(hashes.values()))
-    staging = Path(tempfile.mkdtemp(prefix=".wavs.new-", dir=out_dir))
-    stems = _clip_stems(recordings)
-    clips: list[dict] = []
-    dropped: list[dict] = []
-    counts = {"audio": 0.0, "transcription": 0.0, "transcribed": 0, "reused": 0}
-    try:
-        for index, path in enumerate(recordings):
-            progress(index / len(recordings), f"{path.name} ({index + 1}/{len(recordings)})")
-            try:
-                audio = load_audio(path, SAMPLE_RATE)
-                key = cache.key(hashes[path], backend, model, language)
-                segments = _segments(path, audio, whisper, cache, key, counts)
-            except (AudioError, _Unusable) as error:
-                skipped.append(_skip(path, getattr(error, "reason", str(error)), log))
-                continue
-            counts["audio"] += audio.numel() / SAMPLE_RATE
-            audio = loudness_normalise(audio)
-            planned, file_dropped = plan_clips(segments, audio, SAMPLE_RATE)
-            dropped += [{"file": path.name, **item} for item in file_dropped]
-            if not planned:
-                reasons = sorted({d["reason"] for d in file_dropped}) or ["no speech"]
-                skipped.append(_skip(path, "no usable clip: " + "; ".join(reasons), log))
-            for number, clip in enumerate(planned, start=1):
-                name = f"{stems[path]}_{number:05d}.wav"
-                samples = audio[round(clip.start * SAMPLE_RATE) : round(clip.end * SAMPLE_RATE)]
-                save_wav(staging / name, samples, SAMPLE_RATE)
-                clips.append(_clip_stats(name, path, clip, samples))
-        progress(1.0, "writing the dataset")
-        if not clips:
-            lines = [f"no clips could be made from the recordings in {source_dir}:"]
-            lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
-            raise DatasetError("\n".join(lines), skipped)
-        _assign_split(clips, validation_fraction, seed)
-        report = DatasetReport(
-            voice=voice,
-            clips=len(clips),
-            train=sum(c["split"] == "train" for c in clips),
-            validation=sum(c["split"] == "validation" for c in clips),
-            total_seconds=round(sum(c["duration"] for c in clips), 3),
-            audio_seconds=round(counts["audio"], 3),
-            recordings=len(recordings),
-            transcribed=counts["transcribed"],
-            reused=counts["reused"],
-            skipped=skipped,
-            dropped=dropped,
-            backend=backend,
-            model=model,
-            language=language,
-            sample_rate=SAMPLE_RATE,
-            seconds_taken=round(time.perf_counter() - started, 3),
-            transcription_seconds=round(counts["transcription"], 3),
-            created=_now(),
-            per_clip=clips,
-        )
-        _install(out_dir, staging, report)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _exclusive(out_dir):
+        report = _make_dataset(voice, recordings, skipped, whisper, validation_fraction, seed, progress, log, started)
     log(
         f"{voice}: {report.clips} clips ({report.train} train, {report.validation} "
         f"validation), {report.total_seconds:.1f} s of speech from "
@@ -288,7 +229,98 @@ def load_clips(voice: str) -> list[dict]:
     return rows
 
 
+def _make_dataset(
+    voice, recordings, skipped, whisper, validation_fraction, seed, progress, log, started
+) -> DatasetReport:
+    """The body of :func:`prepare_dataset`, run while holding the dataset folder's lock."""
+    out_dir = paths.dataset_dir(voice)
+    for leftover in out_dir.glob(".wavs.*"):  # staging folders of an interrupted run
+        shutil.rmtree(leftover, ignore_errors=True)
+    cache = transcribe.TranscriptCache(out_dir / "transcription.json")
+    hashes = {path: transcribe.file_sha256(path) for path in recordings}
+    cache.keep_only(set(hashes.values()))
+    staging = Path(tempfile.mkdtemp(prefix=".wavs.new-", dir=out_dir))
+    stems = _clip_stems(recordings)
+    clips: list[dict] = []
+    dropped: list[dict] = []
+    counts = {"audio": 0.0, "transcription": 0.0, "transcribed": 0, "reused": 0}
+    try:
+        for index, path in enumerate(recordings):
+            progress(index / len(recordings), f"{path.name} ({index + 1}/{len(recordings)})")
+            try:
+                audio = load_audio(path, SAMPLE_RATE)
+                key = cache.key(hashes[path], whisper.backend, whisper.model, whisper.language)
+                segments = _segments(path, audio, whisper, cache, key, counts)
+            except (AudioError, _Unusable) as error:
+                skipped.append(_skip(path, getattr(error, "reason", str(error)), log))
+                continue
+            counts["audio"] += audio.numel() / SAMPLE_RATE
+            audio = loudness_normalise(audio)
+            planned, file_dropped = plan_clips(segments, audio, SAMPLE_RATE)
+            dropped += [{"file": path.name, **item} for item in file_dropped]
+            if not planned:
+                reasons = sorted({d["reason"] for d in file_dropped}) or ["no speech"]
+                skipped.append(_skip(path, "no usable clip: " + "; ".join(reasons), log))
+            for number, clip in enumerate(planned, start=1):
+                name = f"{stems[path]}_{number:05d}.wav"
+                first = round(clip.start * SAMPLE_RATE)  # the length rounded once: ≥ 1 s stays ≥ 1 s
+                samples = audio[first : first + round((clip.end - clip.start) * SAMPLE_RATE)]
+                save_wav(staging / name, samples, SAMPLE_RATE)
+                clips.append(_clip_stats(name, path, clip, samples))
+        progress(1.0, "writing the dataset")
+        if not clips:
+            lines = [f"no clips could be made from the recordings in {paths.voice_dir(voice)}:"]
+            lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
+            raise DatasetError("\n".join(lines), skipped)
+        _assign_split(clips, validation_fraction, seed)
+        report = DatasetReport(
+            voice=voice,
+            clips=len(clips),
+            train=sum(c["split"] == "train" for c in clips),
+            validation=sum(c["split"] == "validation" for c in clips),
+            total_seconds=round(sum(c["duration"] for c in clips), 3),
+            audio_seconds=round(counts["audio"], 3),
+            recordings=len(recordings),
+            transcribed=counts["transcribed"],
+            reused=counts["reused"],
+            skipped=skipped,
+            dropped=dropped,
+            backend=whisper.backend,
+            model=whisper.model,
+            language=whisper.language,
+            sample_rate=SAMPLE_RATE,
+            seconds_taken=round(time.perf_counter() - started, 3),
+            transcription_seconds=round(counts["transcription"], 3),
+            created=_now(),
+            per_clip=clips,
+        )
+        _install(out_dir, staging, report)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
 # --- steps of prepare_dataset --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path):
+    """Hold an exclusive lock on ``out_dir/.lock`` so two runs never write one dataset.
+
+    ``fcntl.flock`` (released by the OS when the process ends, so never stale); where there
+    is no fcntl (Windows) the lock is skipped. Raises DatasetError when another run holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(out_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise DatasetError(f"{out_dir.name}: another dataset run is in progress") from error
+        yield  # the lock goes with the file handle
 
 
 def _no_progress(fraction: float, desc: str) -> None:

@@ -351,3 +351,14 @@ def test_plan_clips_drops_short_and_wordless_stretches():
     assert clips == [] and len(dropped) == 2
     assert "shorter than 1 s" in dropped[0]["reason"]
     assert "no usable text" in dropped[1]["reason"]
+
+
+def test_a_second_run_on_the_same_voice_is_refused(timbre_home, speech_voice):
+    fcntl = pytest.importorskip("fcntl")
+    speech_voice.install(timbre_home, VOICE, ["market.wav"])
+    folder = timbre_home / "datasets" / VOICE
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(DatasetError, match="another dataset run is in progress"):
+            prepare_dataset(VOICE, log=lambda _: None)
