@@ -58,6 +58,7 @@ def train(config_path: str | Path) -> int:
     """
     config_path = Path(config_path).resolve()
     run_dir = config_path.parent
+    stop = runtime.StopRequest(run_dir)  # first: a stop asked for while loading is kept
     cfg = TrainConfig.load(config_path)
     env = runtime.setup_distributed(use_gpu=cfg.gpus != 0)
     log = runtime.RunLog(run_dir, env)
@@ -70,7 +71,7 @@ def train(config_path: str | Path) -> int:
     }
     runtime.write_status(run_dir, env, **status)
     try:
-        code, message, step = _train(cfg, run_dir, env, log, status)
+        code, message, step = _train(cfg, run_dir, env, log, status, stop)
     except Exception as exc:  # the run folder keeps everything; the reason goes to log and status
         log("training failed:\n" + traceback.format_exc())
         code, message, step = (
@@ -88,7 +89,9 @@ def train(config_path: str | Path) -> int:
     return code
 
 
-def _train(cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: dict) -> tuple[int, str, int]:
+def _train(
+    cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: dict, stop: runtime.StopRequest
+) -> tuple[int, str, int]:
     # ---- config and environment --------------------------------------------------------------
     world = env.world_size
     if world != cfg.world_size() and env.distributed:
@@ -256,7 +259,6 @@ def _train(cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: d
 
     # ---- the loop -----------------------------------------------------------------------------
     metrics = runtime.MetricsWriter(run_dir, env)
-    stop = runtime.StopRequest(run_dir)
     log(f"training: {steps_per_epoch} steps per epoch, {total_steps} steps in all, batch {cfg.batch_size} "
         f"= {accumulation} accumulation x {world} processes x {micro_size} clips")  # fmt: skip
     status.update(step=step, epoch=epoch_position(), message="training")
@@ -307,7 +309,8 @@ def _train(cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: d
             elapsed = time.perf_counter() - started
             row = {"step": step, "epoch": epoch_position(), "split": "train", "loss_text_ce": text_ce,
                    "loss_mel_ce": mel_ce, "loss": loss_value, "lr": lr, "time": time.time(),
-                   "grad_norm": grad_norm_mean, "samples_per_second": cfg.batch_size / elapsed}  # fmt: skip
+                   "grad_norm": grad_norm_mean, "samples_per_second": cfg.batch_size / elapsed,
+                   "samples": batch}  # fmt: skip
             if not finite:
                 row["skipped"] = True
                 metrics.write(
@@ -355,7 +358,20 @@ def _train(cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: d
 
     if not any(c.step == step and c.complete for c in runs.list_checkpoints(run_dir)):
         save("final")
+    if env.distributed:
+        check_ranks_agree(gpt, env)
+        log("weights identical on all ranks")
     return EXIT_OK, f"finished at step {step}", step
+
+
+def check_ranks_agree(gpt, env: runtime.DistEnv) -> None:
+    """Raise TrainingError unless every rank holds the same GPT weights (DDP keeps them equal;
+    a mismatch means the ranks trained apart)."""
+    checksum = torch.stack([p.detach().double().sum() for p in gpt.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(env.world_size)]
+    torch.distributed.all_gather(gathered, checksum)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise TrainingError(f"ranks hold different weights: {[g.item() for g in gathered]}")
 
 
 def main(argv: list[str] | None = None) -> int:

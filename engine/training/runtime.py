@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from engine.config import write_text_atomic
+from engine import runs
 
-STOP_FILE = "STOP"
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
+STOP_FILE = runs.STOP_FILE
+METRICS_FILE = runs.METRICS
+LOG_FILE = runs.TRAIN_LOG
 
 
 @dataclass(frozen=True)
@@ -122,21 +121,22 @@ class MetricsWriter:
 
 def write_status(run_dir: Path, env: DistEnv, **fields) -> None:
     """Rewrite ``status.json`` atomically (rank 0 only); see docs/run-folder.md."""
-    if not env.is_main:
-        return
-    fields.setdefault("pid", os.getpid())
-    fields["updated"] = time.time()
-    write_text_atomic(run_dir / STATUS_FILE, json.dumps(fields) + "\n")
+    if env.is_main:
+        fields.setdefault("pid", os.getpid())
+        runs.write_status(run_dir, fields)
 
 
 class StopRequest:
     """Set by SIGTERM, SIGINT (Ctrl-C) or a ``STOP`` file in the run folder (Windows has no
-    SIGTERM for another process, so the UI's Stop button always writes the file too)."""
+    SIGTERM for another process, so the UI's Stop button always writes the file too).
+
+    Created first thing in the trainer, so a stop asked for while it loads is not lost; a STOP
+    file left from before is removed by the launcher (engine.training.process), not here, for
+    the same reason."""
 
     def __init__(self, run_dir: Path):
         self.file = run_dir / STOP_FILE
         self.signalled = False
-        self.file.unlink(missing_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
