@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ against CPU speed; ``tiny``/``base`` (39/74 M) are faster, ``medium``/``large-v3
 more accurate (sizes from the openai-whisper README)."""
 
 BACKENDS = tuple(DEFAULT_MODELS)
+
+logger = logging.getLogger(__name__)
 
 
 class TranscriptionError(ValueError):
@@ -105,7 +108,9 @@ def transcribe(
             :data:`DEFAULT_MODELS`. Names are downloaded into ``models/<backend>/`` on first use.
         language: a language code such as ``"en"``; ``None`` lets the model detect it.
             English-only models (``*.en``) always use English.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when the backend can use it).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``: CUDA when the backend sees a GPU
+            (faster-whisper falls back to the CPU, with a logged warning, when its CUDA 12
+            libraries cannot be loaded).
 
     Returns:
         Segments in time order; each has words unless the backend produced no alignment.
@@ -155,17 +160,31 @@ def _check_backend(backend: str) -> None:
 @functools.lru_cache(maxsize=2)
 def _load_faster_whisper(model: str, device: str):
     import ctranslate2
+
+    if device != "auto":
+        return _faster_whisper_model(model, device)
+    if ctranslate2.get_cuda_device_count() > 0:
+        # The CTranslate2 wheel loads CUDA 12's cuBLAS/cuDNN on first use; a CUDA 13 torch
+        # environment (torch 2.11 from PyPI) does not ship them. Try one second of silence on
+        # the GPU and fall back to the CPU rather than fail on every file.
+        try:
+            whisper_model = _faster_whisper_model(model, "cuda")
+            list(whisper_model.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), language="en")[0])
+            return whisper_model
+        except (RuntimeError, OSError, ValueError) as error:
+            logger.warning("faster-whisper cannot use the GPU (%s); using the CPU", error)
+    return _faster_whisper_model(model, "cpu")
+
+
+def _faster_whisper_model(model: str, device: str):
     from faster_whisper import WhisperModel
 
-    if device == "auto":
-        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
     # int8 on CPU and float16 on GPU are the compute types faster-whisper's README benchmarks
     # (the fastest and smallest of each).
-    compute_type = "int8" if device == "cpu" else "float16"
     return WhisperModel(
         model,
         device=device,
-        compute_type=compute_type,
+        compute_type="int8" if device == "cpu" else "float16",
         download_root=str(paths.models_dir() / "faster-whisper"),
     )
 

@@ -82,3 +82,19 @@ def test_transcript_cache_round_trip(tmp_path):
 
     path.write_text("{not json")
     assert TranscriptCache(path).entries == {}  # unreadable: transcribe again
+
+
+def test_auto_device_falls_back_to_cpu_when_the_gpu_cannot_be_used(
+    market_audio, faster_whisper_model_path, monkeypatch, word_error_rate
+):
+    """This machine has no usable CUDA: a reported GPU must not break transcription."""
+    import ctranslate2
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    transcribe.unload_models()
+    audio, text = market_audio
+    try:
+        segments = transcribe.transcribe(audio, "faster-whisper", faster_whisper_model_path, device="auto")
+    finally:
+        transcribe.unload_models()
+    assert word_error_rate(text, " ".join(s.text for s in segments)) < 0.3
