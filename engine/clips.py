@@ -30,7 +30,7 @@ single-speaker reference, has clips of 1–10 s)."""
 
 PAD_SECONDS = 0.2
 """Pause kept before the first and after the last word of a clip, in seconds, when the
-pause is that long: Whisper's word times are often 0.1 s off (0.2 s as in coqui's demo)."""
+pause is that long: Whisper's word times can be a tenth of a second off (0.2 s as in coqui's demo)."""
 
 MAX_PAUSE_SECONDS = 2.0
 """Sentences further apart than this, in seconds, are never merged into one clip."""
