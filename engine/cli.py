@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=FIELD_HELP["freeze"],
     )
 
+    p = sub.add_parser(
+        "branch", help="start a new run from a checkpoint's weights (e.g. the last good one before a spike)"
+    )
+    p.add_argument("voice")
+    p.add_argument("run", help="the run whose checkpoint to start from")
+    p.add_argument("new_run")
+    p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
+    p.add_argument("--learning-rate-factor", type=float, default=0.5, help="new learning rate = old x this")
+
     p = sub.add_parser("train", help="train (or resume) the run described by a train.yaml")
     p.add_argument("config", type=Path)
 
@@ -125,6 +134,12 @@ def _run(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {config.save_new()}")
+        return 0
+    if args.command == "branch":
+        from engine.config import branch_run
+
+        path = branch_run(args.voice, args.run, args.new_run, args.checkpoint, args.learning_rate_factor)
+        print(f"wrote {path}")
         return 0
     if args.command == "train":
         from engine.training.loop import train

@@ -293,3 +293,33 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def branch_run(
+    voice: str, run: str, new_run: str, checkpoint: str = "latest", learning_rate_factor: float = 1.0
+) -> Path:
+    """ "Start a new run from these weights": a new run with ``run``'s settings whose GPT starts
+    from ``checkpoint``'s weights, at ``learning_rate_factor`` times its learning rate (0.5 after
+    a loss spike is the usual remedy). The weights are copied into the new run folder
+    (``init.safetensors``) so pruning the old run never breaks the new one.
+
+    Returns the new train.yaml. Raises FileNotFoundError (unknown run or checkpoint),
+    FileExistsError (``new_run`` exists) and ConfigError.
+    """
+    import shutil
+
+    from engine import runs
+
+    source_dir = paths.run_dir(voice, run)
+    source = TrainConfig.load(source_dir / "train.yaml")
+    info = runs.find_checkpoint(source_dir, checkpoint)
+    if not 0 < learning_rate_factor <= 10:
+        raise ConfigError(f"learning_rate_factor must be in (0, 10], got {learning_rate_factor}")
+    config = dataclasses.replace(source, run=new_run, learning_rate=source.learning_rate * learning_rate_factor)
+    target = config.run_dir()
+    if (target / "train.yaml").exists():
+        raise FileExistsError(f"run {new_run!r} of voice {voice!r} already exists: {target}")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(info.path / "model.safetensors", target / "init.safetensors")
+    config.init_weights = str(target / "init.safetensors")
+    return config.save_new()

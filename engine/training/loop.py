@@ -16,6 +16,7 @@ N times as many micro-batches.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import sys
@@ -159,6 +160,7 @@ def _train(
     # ---- resume -------------------------------------------------------------------------------
     step, epoch, batch_in_epoch = 0, 0, 0
     loss_average, consecutive_skips = None, 0
+    last_good_step = None  # the checkpoint before the latest loss spike
     best = {"loss": None, "step": None}
     latest = ckpt.load_latest_checkpoint(run_dir, log=log)
     if latest is not None:
@@ -178,6 +180,10 @@ def _train(
             state.get("loss_average"),
             state.get("consecutive_skips", 0),
         )
+        last_good_step = state.get("last_good_step")
+        if state.get("world_size") == world and state.get("batch_size") == cfg.batch_size:
+            micro_size = state.get("micro_batch_size", micro_size)  # kept after an out-of-memory split
+            accumulation = state.get("gradient_accumulation", accumulation)
         log(f"resumed from {path.name}: step {step}, epoch {epoch}, batch {batch_in_epoch} of {steps_per_epoch}")
     else:
         ckpt.check_disk_space(run_dir, gpt.state_dict(), cfg.keep_checkpoints)
@@ -198,9 +204,10 @@ def _train(
                 "best_loss": best["loss"], "best_step": best["step"],
                 "loss_average": loss_average, "consecutive_skips": consecutive_skips,
                 "world_size": world, "batch_size": cfg.batch_size, "gradient_accumulation": accumulation,
+                "micro_batch_size": micro_size, "last_good_step": last_good_step,
             }  # fmt: skip
             path = ckpt.save_checkpoint(run_dir, step, gpt.state_dict(), state)
-            protect = {best["step"]} if best["step"] is not None else set()
+            protect = {s for s in (best["step"], last_good_step) if s is not None}
             ckpt.prune_checkpoints(run_dir, cfg.keep_checkpoints, protect=protect)
             metrics.write(
                 {
@@ -257,6 +264,56 @@ def _train(
         )  # fmt: skip
         return loss_text, loss_mel
 
+    def backward(batch: list[int]) -> tuple[float, float]:
+        """Forward and backward over this rank's micro-batches of one global batch; gradients
+        accumulate (DDP syncs on the last). Returns the mean unweighted text and mel CE."""
+        text_sum = mel_sum = 0.0
+        for a in range(accumulation):
+            index = a * world + env.rank  # this micro-batch's place in the global batch
+            seed = micro_seed(cfg.seed, step, index)
+            torch.manual_seed(seed)
+            samples = [train_set[i] for i in data.micro_batch(batch, a, env.rank, world, micro_size)]
+            inputs = data.collate(samples, rng=random.Random(seed))
+            sync = a == accumulation - 1 or not env.distributed
+            with model.no_sync() if not sync else contextlib.nullcontext():
+                with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss_text, loss_mel = forward(model, inputs)
+                    loss = cfg.text_loss_weight * loss_text + cfg.mel_loss_weight * loss_mel
+                scaler.scale(loss / accumulation).backward()
+            text_sum += loss_text.item() / accumulation
+            mel_sum += loss_mel.item() / accumulation
+        return text_sum, mel_sum
+
+    def backward_with_oom_recovery(batch: list[int]) -> tuple[float, float]:
+        """:func:`backward`; on CUDA out-of-memory free memory and retry once, then halve the
+        micro-batch and double gradient accumulation (the effective batch is unchanged) until
+        it fits. The new split is kept in the checkpoint state, so resume keeps it. Under DDP
+        the error is raised: one rank cannot retry while the others wait in a collective."""
+        nonlocal micro_size, accumulation
+        retried = False
+        while True:
+            try:
+                return backward(batch)
+            except torch.cuda.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                free_memory(env.device)
+                if env.distributed or (retried and micro_size == 1):
+                    raise
+                if not retried:
+                    retried = True
+                    event = {"event": "oom_retry"}
+                else:
+                    micro_size, accumulation = micro_size // 2, accumulation * 2
+                    event = {
+                        "event": "oom_split",
+                        "micro_batch_size": micro_size,
+                        "gradient_accumulation": accumulation,
+                    }
+                metrics.write({**event, "step": step + 1, "epoch": epoch_position(), "time": time.time()})
+                log(f"step {step + 1}: CUDA out of memory; " + (
+                    "retrying once" if event["event"] == "oom_retry"
+                    else f"now {accumulation} micro-batches of {micro_size} clips"))  # fmt: skip
+
     # ---- the loop -----------------------------------------------------------------------------
     metrics = runtime.MetricsWriter(run_dir, env)
     log(f"training: {steps_per_epoch} steps per epoch, {total_steps} steps in all, batch {cfg.batch_size} "
@@ -272,22 +329,7 @@ def _train(
             started = time.perf_counter()
             runtime.set_train_mode(gpt, frozen)
             batch = batches[batch_in_epoch]
-            text_sum = mel_sum = 0.0
-            for a in range(accumulation):
-                index = a * world + env.rank  # this micro-batch's place in the global batch
-                seed = micro_seed(cfg.seed, step, index)
-                torch.manual_seed(seed)
-                samples = [train_set[i] for i in data.micro_batch(batch, a, env.rank, world, micro_size)]
-                inputs = data.collate(samples, rng=random.Random(seed))
-                sync = a == accumulation - 1 or not env.distributed
-                context = model.no_sync() if not sync else contextlib.nullcontext()
-                with context:
-                    with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss_text, loss_mel = forward(model, inputs)
-                        loss = cfg.text_loss_weight * loss_text + cfg.mel_loss_weight * loss_mel
-                    scaler.scale(loss / accumulation).backward()
-                text_sum += loss_text.item() / accumulation
-                mel_sum += loss_mel.item() / accumulation
+            text_sum, mel_sum = backward_with_oom_recovery(batch)
             scaler.unscale_(optimizer)
             params = [p for g in optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -326,9 +368,16 @@ def _train(
                     return EXIT_DIVERGED, f"loss diverged at step {step}", step
             elif loss_average is not None and loss_value > SPIKE_FACTOR * loss_average:
                 row["spike"] = True
+                before = [c.step for c in runs.list_checkpoints(run_dir) if c.complete and c.step < step]
+                last_good_step = before[-1] if before else last_good_step
                 metrics.write({"event": "spike", "step": step, "epoch": row["epoch"], "time": row["time"],
-                               "loss": loss_value, "moving_average": loss_average})  # fmt: skip
-                log(f"step {step}: loss spike {loss_value:.4f} against a moving average of {loss_average:.4f}")
+                               "loss": loss_value, "moving_average": loss_average,
+                               "last_good_step": last_good_step})  # fmt: skip
+                status["last_good_step"] = last_good_step
+                log(f"step {step}: loss spike {loss_value:.4f} against a moving average of {loss_average:.4f}; "
+                    + (f"last good checkpoint {runs.checkpoint_name(last_good_step)} kept — resume from it with "
+                       "a lower learning rate: python -m engine branch" if last_good_step is not None
+                       else "no checkpoint before it yet"))  # fmt: skip
             if finite:
                 loss_average = loss_value if loss_average is None else 0.9 * loss_average + 0.1 * loss_value
             metrics.write({k: v for k, v in row.items() if not isinstance(v, float) or math.isfinite(v)})
@@ -353,7 +402,9 @@ def _train(
             scheduler.step()
             if cfg.validate_every and epoch % cfg.validate_every == 0:
                 validate()
-            if epoch % cfg.save_every == 0 or epoch >= cfg.epochs:
+            if consecutive_skips:
+                log(f"no checkpoint at the end of epoch {epoch}: the last {consecutive_skips} updates were skipped")
+            elif epoch % cfg.save_every == 0 or epoch >= cfg.epochs:
                 save(f"end of epoch {epoch}")
 
     if not any(c.step == step and c.complete for c in runs.list_checkpoints(run_dir)):
@@ -362,6 +413,13 @@ def _train(
         check_ranks_agree(gpt, env)
         log("weights identical on all ranks")
     return EXIT_OK, f"finished at step {step}", step
+
+
+def free_memory(device: torch.device) -> None:
+    """Release cached allocator blocks after an out-of-memory error."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def check_ranks_agree(gpt, env: runtime.DistEnv) -> None:

@@ -1,0 +1,186 @@
+"""Failures are caught, named and survived: non-finite losses, spikes, out of memory, a kill
+or an error in the middle of a save, a damaged checkpoint, a full disk, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import ROOT, dataset_home, make_run, tiny_model, train_rows, train_subprocess  # noqa: F401
+from TTS.tts.layers.xtts.gpt import GPT
+
+from engine import runs
+from engine.config import TrainConfig, branch_run
+from engine.training import checkpoint as ckpt
+from engine.training import loop
+
+
+@pytest.fixture
+def home(dataset_home, monkeypatch) -> Path:  # noqa: F811
+    monkeypatch.setenv("TIMBRE_HOME", str(dataset_home))
+    return dataset_home
+
+
+def patch_training_forward(monkeypatch, change):
+    """Wrap the GPT's forward: ``change(call_number, loss_text, loss_mel, text_inputs)`` may
+    alter the training losses or raise; validation (eval mode) is untouched."""
+    original = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, text_inputs, *args, **kwargs):
+        if not self.training:
+            return original(self, text_inputs, *args, **kwargs)
+        calls["n"] += 1
+        loss_text, loss_mel, logits = original(self, text_inputs, *args, **kwargs)
+        loss_text, loss_mel = change(calls["n"], loss_text, loss_mel, text_inputs)
+        return loss_text, loss_mel, logits
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    return calls
+
+
+def test_non_finite_updates_are_skipped_then_the_run_stops_as_diverged(home, tiny_model, monkeypatch):  # noqa: F811
+    config = make_run("nan", tiny_model, epochs=6, gradient_accumulation=1)
+    patch_training_forward(monkeypatch, lambda n, t, m, x: (t, m * float("nan")) if n > 3 else (t, m))
+    assert loop.train(config) == loop.EXIT_DIVERGED
+    status = json.loads((config.parent / "status.json").read_text())
+    assert status["state"] == "failed" and status["message"] == f"loss diverged at step {3 + loop.MAX_CONSECUTIVE_SKIPS}"
+    rows, _ = runs.read_metrics(config.parent)
+    skipped = [r for r in rows if r.get("event") == "skipped_step"]
+    assert len(skipped) == loop.MAX_CONSECUTIVE_SKIPS
+    assert all(math.isfinite(r.get("loss", 0.0)) for r in rows), "metrics.jsonl stays valid JSON"
+    good = runs.latest_complete_checkpoint(config.parent)
+    assert good is not None and good.step == 3, "the last good checkpoint (end of epoch 1) is kept"
+    assert runs.run_status("anna", "nan").hint is not None
+
+
+def test_loss_spike_is_logged_keeps_last_good_and_branch_lowers_lr(home, tiny_model, monkeypatch):  # noqa: F811
+    config = make_run("spike", tiny_model, epochs=3, gradient_accumulation=1, keep_checkpoints=1)
+    patch_training_forward(monkeypatch, lambda n, t, m, x: (t, m * 50) if n == 7 else (t, m))
+    assert loop.train(config) == 0
+    rows, _ = runs.read_metrics(config.parent)
+    spikes = [r for r in rows if r.get("event") == "spike"]
+    assert [s["step"] for s in spikes] == [7] and spikes[0]["last_good_step"] == 6
+    assert any(r.get("spike") for r in rows if r.get("split") == "train")
+    kept = [c.step for c in runs.list_checkpoints(config.parent) if c.complete]
+    assert 6 in kept and 9 in kept, "the pre-spike checkpoint survives pruning (keep_checkpoints=1)"
+    assert json.loads((config.parent / "status.json").read_text())["last_good_step"] == 6
+
+    new = branch_run("anna", "spike", "spike-lower-lr", checkpoint="step-0000006", learning_rate_factor=0.5)
+    branched = TrainConfig.load(new)
+    assert branched.learning_rate == pytest.approx(TrainConfig.load(config).learning_rate * 0.5)
+    weights = ckpt.load_file(str(runs.find_checkpoint(config.parent, "step-0000006").path / ckpt.MODEL_FILE))
+    start = ckpt.load_file(branched.init_weights)
+    assert all(torch.equal(weights[k], start[k]) for k in weights)
+    with pytest.raises(FileExistsError):
+        branch_run("anna", "spike", "spike-lower-lr")
+
+
+def test_out_of_memory_retries_then_splits_the_micro_batch_and_resume_keeps_it(home, tiny_model, monkeypatch):  # noqa: F811
+    config = make_run("oom", tiny_model, epochs=1, batch_size=2, gradient_accumulation=1)
+
+    def oom_for_pairs(n, t, m, text_inputs):
+        if text_inputs.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return t, m
+
+    patch_training_forward(monkeypatch, oom_for_pairs)
+    assert loop.train(config) == 0
+    rows, _ = runs.read_metrics(config.parent)
+    events = [r["event"] for r in rows if "event" in r and r["event"].startswith("oom")]
+    assert events == ["oom_retry", "oom_split"]
+    state = torch.load(runs.latest_complete_checkpoint(config.parent).path / "state.pt", weights_only=True)
+    assert (state["micro_batch_size"], state["gradient_accumulation"]) == (1, 2)
+    assert len(train_rows(config.parent)) == 3 and all(math.isfinite(r["loss"]) for r in train_rows(config.parent))
+
+    config.write_text(config.read_text().replace("epochs: 1", "epochs: 2"))
+    assert loop.train(config) == 0
+    rows, _ = runs.read_metrics(config.parent)
+    assert [r["event"] for r in rows if r.get("event", "").startswith("oom")] == events, "resume kept the split"
+    assert "1 accumulation" not in (config.parent / "train.log").read_text().split("resumed from")[-1]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(home, tiny_model, precision):  # noqa: F811
+    config = make_run(f"amp-{precision}", tiny_model, epochs=1, precision=precision)
+    assert loop.train(config) == 0
+    rows = train_rows(config.parent)
+    assert rows and all(math.isfinite(r["loss"]) for r in rows)
+    state = torch.load(runs.latest_complete_checkpoint(config.parent).path / "state.pt", weights_only=True)
+    assert "scaler" in state
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    weights = {"w": torch.randn(4, 4)}
+    first = ckpt.save_checkpoint(tmp_path, 1, weights, {"step": 1})
+
+    def explode(folder: Path):
+        raise OSError("disk vanished")
+
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, 2, {"w": torch.zeros(4, 4)}, {"step": 2}, before_complete=explode)
+    assert [c.step for c in runs.list_checkpoints(tmp_path)] == [1]
+    path, loaded, state = ckpt.load_latest_checkpoint(tmp_path)
+    assert path == first and torch.equal(loaded["w"], weights["w"]) and state["step"] == 1
+
+
+def test_a_kill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_usable(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(3)}, {"step": 1})
+    script = (
+        "import os, sys, torch; from pathlib import Path; from engine.training import checkpoint as c\n"
+        "c.save_checkpoint(Path(sys.argv[1]), 2, {'w': torch.zeros(3)}, {'step': 2},"
+        " before_complete=lambda folder: os.kill(os.getpid(), 9))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT)
+    assert result.returncode == -signal.SIGKILL
+    path, loaded, state = ckpt.load_latest_checkpoint(tmp_path)
+    assert state["step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+
+
+def test_a_damaged_newest_checkpoint_is_moved_aside_not_deleted(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(3)}, {"step": 1})
+    newest = ckpt.save_checkpoint(tmp_path, 2, {"w": torch.zeros(3)}, {"step": 2})
+    (newest / ckpt.MODEL_FILE).write_bytes(b"garbage")
+    messages = []
+    path, _, state = ckpt.load_latest_checkpoint(tmp_path, log=messages.append)
+    assert state["step"] == 1 and path.name == "step-0000001"
+    assert (tmp_path / "checkpoints" / "damaged-step-0000002" / ckpt.MODEL_FILE).read_bytes() == b"garbage"
+    assert messages and "damaged" in messages[0]
+
+
+def test_retention_keeps_newest_and_protected(tmp_path):
+    for step in range(1, 6):
+        ckpt.save_checkpoint(tmp_path, step, {"w": torch.ones(1) * step}, {"step": step})
+    ckpt.prune_checkpoints(tmp_path, keep=2, protect={2})
+    assert [c.step for c in runs.list_checkpoints(tmp_path)] == [2, 4, 5]
+
+
+def test_refuses_to_start_without_disk_space_for_the_checkpoints(home, tiny_model, monkeypatch):  # noqa: F811
+    config = make_run("full-disk", tiny_model, epochs=1)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    assert loop.train(config) == loop.EXIT_FAILED
+    status = json.loads((config.parent / "status.json").read_text())
+    assert "not enough disk space" in status["message"]
+    assert (config.parent / "train.yaml").is_file()
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_zero(home, tiny_model):  # noqa: F811
+    config = make_run("sigterm", tiny_model, epochs=50)
+    proc = train_subprocess(config, home)
+    deadline = time.time() + 240
+    while time.time() < deadline and not train_rows(config.parent):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    status = json.loads((config.parent / "status.json").read_text())
+    assert status["state"] == "stopped" and f"stopped at step {status['step']}" in out
+    assert runs.latest_complete_checkpoint(config.parent).step == status["step"]
