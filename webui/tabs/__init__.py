@@ -110,7 +110,9 @@ def pick(choices: list[str], current: str | None, fallback: str | None = None) -
     return choices[0] if choices else None
 
 
-def voice_dropdown_update(current: str | None = None) -> gr.Dropdown:
-    """Fresh choices for a voice dropdown, keeping ``current`` when it still exists."""
+def voice_dropdown(current: str | None = None) -> tuple[gr.Dropdown, str | None]:
+    """Fresh choices for a voice dropdown, keeping ``current`` when it still exists; returns
+    (the dropdown update, the voice it shows)."""
     choices = voice_choices()
-    return gr.Dropdown(choices=choices, value=pick(choices, current))
+    voice = pick(choices, current)
+    return gr.Dropdown(choices=choices, value=voice), voice

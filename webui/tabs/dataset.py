@@ -25,7 +25,7 @@ from webui.tabs import (
     engine_errors,
     named,
     progress_callable,
-    voice_dropdown_update,
+    voice_dropdown,
 )
 
 CLIP_COLUMNS = ["audio_file", "text", "split", "seconds"]
@@ -235,7 +235,7 @@ def build(ctx: TabContext) -> dict:
                 0.0, 0.5, value=0.15, step=0.05, label="Validation share", elem_id="dataset-validation"
             )
         ui["transcribe"] = gr.Button("Transcribe", variant="primary", elem_id="dataset-transcribe")
-        ui["summary"] = gr.Markdown("Choose or create a voice.", elem_id="dataset-summary")
+        ui["summary"] = gr.Markdown(elem_id="dataset-summary")  # filled on load
         with gr.Row():
             with gr.Column(scale=3):
                 ui["clips"] = gr.Dataframe(
@@ -273,13 +273,13 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             return recordings_table(voice), *dataset_view(voice)
 
     def refresh_voices(voice):
-        update = voice_dropdown_update(voice)
-        return update, *show(update.value)
+        update, voice = voice_dropdown(voice)
+        return update, *show(voice)
 
     def on_create(name):
         with engine_errors("Creating the voice"):
             voice = create_voice(name)
-        return voice_dropdown_update(voice), ""
+        return voice_dropdown(voice)[0], ""
 
     def on_upload(voice, files):
         if not voice:
@@ -307,8 +307,8 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         with engine_errors("Opening the clip"):
             return clip_path(voice, row[0])
 
-    ui["tab"].select(refresh_voices, ui["voice"], [ui["voice"], *view])
-    ctx.blocks.load(refresh_voices, ui["voice"], [ui["voice"], *view])
+    ui["tab"].select(refresh_voices, ui["voice"], [ui["voice"], *view], show_progress="hidden")
+    ctx.blocks.load(refresh_voices, ui["voice"], [ui["voice"], *view], show_progress="hidden")
     ui["voice"].input(show, ui["voice"], view)
     ui["create"].click(on_create, ui["new_voice"], [ui["voice"], ui["new_voice"]]).then(show, ui["voice"], view)
     ui["new_voice"].submit(on_create, ui["new_voice"], [ui["voice"], ui["new_voice"]]).then(show, ui["voice"], view)

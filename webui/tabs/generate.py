@@ -18,7 +18,7 @@ import pandas as pd
 
 from engine import generate, paths, runs
 from engine.models import LANGUAGES
-from webui.tabs import LogLines, TabContext, engine_errors, named, pick, voice_dropdown_update
+from webui.tabs import LogLines, TabContext, engine_errors, named, pick, voice_dropdown
 
 OUTPUT_COLUMNS = ["created", "text", "run", "checkpoint", "seed", "file"]
 LATEST = "latest"
@@ -106,8 +106,10 @@ def make_settings(form: dict) -> generate.GenerationSettings:
     for f in settings_fields():
         if f.name in form and form[f.name] is not None:
             values[f.name] = hints[f.name](form[f.name]) if hints[f.name] in (int, float, bool) else form[f.name]
-    seed = form.get("seed")
-    return generate.GenerationSettings(**values, seed=None if seed in (None, "") else int(seed))
+    seed = str(form.get("seed") or "").strip()
+    if seed and not seed.isdigit():
+        raise ValueError(f"seed must be a whole number or empty, got {seed!r}")
+    return generate.GenerationSettings(**values, seed=int(seed) if seed else None)
 
 
 def speak(ctx: TabContext, form: dict, log=print) -> Path:
@@ -149,18 +151,11 @@ def build(ctx: TabContext) -> dict:
             ui["language"] = gr.Dropdown(
                 list(LANGUAGES), value="en", allow_custom_value=True, label="Language", elem_id="generate-language"
             )
+            ui["seed"] = gr.Textbox(label="Seed", placeholder="random", elem_id="generate-seed")
         ui["text"] = gr.Textbox(
             label="Text", lines=3, placeholder="What should the voice say?", elem_id="generate-text"
         )
-        with gr.Row(equal_height=True):
-            ui["seed"] = gr.Number(
-                label="Seed",
-                value=None,
-                precision=0,
-                info="Empty: a new random seed each time.",
-                elem_id="generate-seed",
-            )
-            ui["generate"] = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        ui["generate"] = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Accordion("Sampling", open=False):
             with gr.Row():
                 for f in settings_fields():
@@ -206,9 +201,9 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             )
 
     def on_refresh(voice, run, checkpoint):
-        update = voice_dropdown_update(voice)
-        if update.value != voice:
-            return update, *on_voice(update.value)
+        update, shown = voice_dropdown(voice)
+        if shown != voice:
+            return update, *on_voice(shown)
         with engine_errors("Listing runs"):
             choices = run_choices(voice)
             run = pick(choices, run, choices[-1])
@@ -240,8 +235,8 @@ def _wire(ctx: TabContext, ui: dict) -> None:
 
     choosers = [ui["voice"], ui["run"], ui["checkpoint"]]
     refresh_outputs = [*choosers, ui["outputs"]]
-    ctx.blocks.load(on_refresh, choosers, refresh_outputs)
-    ui["tab"].select(on_refresh, choosers, refresh_outputs)
+    ctx.blocks.load(on_refresh, choosers, refresh_outputs, show_progress="hidden")
+    ui["tab"].select(on_refresh, choosers, refresh_outputs, show_progress="hidden")
     ui["voice"].input(on_voice, ui["voice"], [ui["run"], ui["checkpoint"], ui["outputs"]])
     ui["run"].input(on_run, [ui["voice"], ui["run"]], ui["checkpoint"])
     ui["generate"].click(on_generate, set(form.values()), [ui["audio"], ui["info"], ui["outputs"]])

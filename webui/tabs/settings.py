@@ -16,9 +16,9 @@ def model_status(directory: str) -> tuple[str, bool]:
     """(markdown describing the base-model folder, whether it is ready)."""
     status = models.base_model_status(directory or None)
     if status.ready:
-        return f"✅ {status.describe()}", True
+        return f"**Ready.** {status.describe()}", True
     present = ", ".join(status.present) or "none"
-    return f"⚠️ {status.describe()}  \nPresent: {present}", False
+    return f"**Not ready.** {status.describe()}  \nPresent: {present}", False
 
 
 def license_markdown() -> str:
@@ -43,14 +43,13 @@ def build(ctx: TabContext) -> dict:
     ui: dict = {}
     with gr.Tab("Settings", id="settings", elem_id="tab-settings") as ui["tab"]:
         gr.Markdown(f"Data folder: `{paths.home()}` (set `TIMBRE_HOME` to move it).", elem_id="settings-home")
-        with gr.Group():
-            ui["base_model"] = gr.Textbox(
-                value=lambda: settings.base_model_dir(),
-                label="Base model folder (XTTS-v2)",
-                info="Holds model.pth, config.json, vocab.json, dvae.pth, mel_stats.pth.",
-                elem_id="settings-base-model",
-            )
-            ui["model_status"] = gr.Markdown(elem_id="settings-model-status")
+        ui["base_model"] = gr.Textbox(
+            value=lambda: settings.base_model_dir(),
+            label="Base model folder (XTTS-v2)",
+            info="Holds model.pth, config.json, vocab.json, dvae.pth, mel_stats.pth.",
+            elem_id="settings-base-model",
+        )
+        ui["model_status"] = gr.Markdown(elem_id="settings-model-status")
         ui["license"] = gr.Markdown(license_markdown(), elem_id="settings-license")
         with gr.Row(equal_height=True):
             ui["accept"] = gr.Checkbox(
@@ -102,7 +101,7 @@ def build(ctx: TabContext) -> dict:
         show_progress="hidden",
     )
     ui["accept"].change(show_status, [ui["base_model"], ui["accept"]], status_outputs)
-    ctx.blocks.load(show_status, [ui["base_model"], ui["accept"]], status_outputs)
+    ctx.blocks.load(show_status, [ui["base_model"], ui["accept"]], status_outputs, show_progress="hidden")
     ui["download"].click(
         on_download, [ui["base_model"], ui["accept"]], [ui["download_log"], ui["model_status"], ui["download"]]
     )

@@ -159,17 +159,28 @@ def tail_metrics(tail: dict, voice: str | None, run: str | None) -> tuple[dict, 
     return {**tail, "offset": offset, "rows": tail["rows"] + rows}, bool(rows)
 
 
-def loss_frames(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(text CE, mel CE, validation loss) against step, for the three line plots."""
+def plot_frame(rows: list) -> pd.DataFrame | None:
+    """A (step, value, split) frame for a LinePlot; None when there are no rows.
 
-    def frame(key: str, splits: tuple[str, ...]) -> pd.DataFrame:
+    Never an empty frame: Gradio 6.31's LinePlot, once given an empty frame, draws no lines
+    for the data that follows (checked in Chromium).
+    """
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=PLOT_COLUMNS).astype({"step": "int64", "value": "float64", "split": "str"})
+
+
+def loss_frames(rows: list[dict]) -> tuple[pd.DataFrame | None, ...]:
+    """(text CE, mel CE, validation loss) against step, for the three line plots (None: no data)."""
+
+    def frame(key: str, splits: tuple[str, ...]) -> pd.DataFrame | None:
         data = [
             [r["step"], r[key], r.get("split", "train")]
             for r in rows
             if r.get("split", "train") in splits and r.get(key) is not None
         ]
         stride = max(1, len(data) // MAX_PLOT_POINTS)
-        return pd.DataFrame(data[::stride], columns=PLOT_COLUMNS)
+        return plot_frame(data[::stride])
 
     both = ("train", "validation")
     return frame("loss_text_ce", both), frame("loss_mel_ce", both), frame("loss", ("validation",))
@@ -282,7 +293,7 @@ def build(ctx: TabContext) -> dict:
                 ("plot_validation", "Validation loss"),
             ):
                 ui[key] = gr.LinePlot(
-                    pd.DataFrame(columns=PLOT_COLUMNS),
+                    None,
                     x="step",
                     y="value",
                     color="split",
@@ -372,8 +383,10 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             raise gr.Error("No trainer is running for this run.")
         gr.Info("Stop requested: the trainer finishes its step, saves a checkpoint and exits.")
 
-    ctx.blocks.load(on_load, ui["voice"], [ui["voice"], ui["runs"], ui["run_name"], *form_list])
-    ui["tab"].select(on_tab, [ui["voice"], ui["run_name"]], [ui["voice"], ui["runs"], ui["run_name"]])
+    ctx.blocks.load(on_load, ui["voice"], [ui["voice"], ui["runs"], ui["run_name"], *form_list], show_progress="hidden")
+    ui["tab"].select(
+        on_tab, [ui["voice"], ui["run_name"]], [ui["voice"], ui["runs"], ui["run_name"]], show_progress="hidden"
+    )
     ui["voice"].input(on_voice, ui["voice"], [ui["runs"], ui["run_name"]])
     ui["runs"].input(on_run, [ui["voice"], ui["runs"]], [ui["run_name"], *form_list])
     gr.on(
@@ -384,7 +397,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         show_progress="hidden",
     )
     gr.on([c.change for c in config_inputs], on_preview, config_inputs, ui["yaml"], show_progress="hidden")
-    ctx.blocks.load(on_preview, config_inputs, ui["yaml"])
+    ctx.blocks.load(on_preview, config_inputs, ui["yaml"], show_progress="hidden")
     ui["timer"].tick(on_tick, watched, live, show_progress="hidden")
     ui["start"].click(on_start, config_inputs, [ui["runs"], ui["timer"]]).then(
         on_refresh, watched, [*live, ui["start"]], show_progress="hidden"

