@@ -55,8 +55,10 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def _inside(base: Path, *names: str) -> Path:
-    path = base.joinpath(*names).resolve()
-    if base.resolve() not in path.parents:
+    """``base/names…``, checked lexically (names are already single safe components), so a
+    voice folder that is a symbolic link to the user's recordings elsewhere still works."""
+    path = Path(os.path.normpath(base.joinpath(*names)))
+    if Path(os.path.normpath(base)) not in path.parents:
         raise InvalidNameError(f"{path} is outside {base}")
     return path
 

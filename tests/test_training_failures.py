@@ -14,19 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import ROOT, dataset_home, make_run, tiny_model, train_rows, train_subprocess  # noqa: F401
+from helpers import ROOT, make_run, train_rows, train_subprocess
 from TTS.tts.layers.xtts.gpt import GPT
 
 from engine import runs
 from engine.config import TrainConfig, branch_run
 from engine.training import checkpoint as ckpt
 from engine.training import loop
-
-
-@pytest.fixture
-def home(dataset_home, monkeypatch) -> Path:  # noqa: F811
-    monkeypatch.setenv("TIMBRE_HOME", str(dataset_home))
-    return dataset_home
 
 
 def patch_training_forward(monkeypatch, change):
@@ -47,12 +41,14 @@ def patch_training_forward(monkeypatch, change):
     return calls
 
 
-def test_non_finite_updates_are_skipped_then_the_run_stops_as_diverged(home, tiny_model, monkeypatch):  # noqa: F811
+def test_non_finite_updates_are_skipped_then_the_run_stops_as_diverged(home, tiny_model, monkeypatch):
     config = make_run("nan", tiny_model, epochs=6, gradient_accumulation=1)
     patch_training_forward(monkeypatch, lambda n, t, m, x: (t, m * float("nan")) if n > 3 else (t, m))
     assert loop.train(config) == loop.EXIT_DIVERGED
     status = json.loads((config.parent / "status.json").read_text())
-    assert status["state"] == "failed" and status["message"] == f"loss diverged at step {3 + loop.MAX_CONSECUTIVE_SKIPS}"
+    assert (
+        status["state"] == "failed" and status["message"] == f"loss diverged at step {3 + loop.MAX_CONSECUTIVE_SKIPS}"
+    )
     rows, _ = runs.read_metrics(config.parent)
     skipped = [r for r in rows if r.get("event") == "skipped_step"]
     assert len(skipped) == loop.MAX_CONSECUTIVE_SKIPS
@@ -62,7 +58,7 @@ def test_non_finite_updates_are_skipped_then_the_run_stops_as_diverged(home, tin
     assert runs.run_status("anna", "nan").hint is not None
 
 
-def test_loss_spike_is_logged_keeps_last_good_and_branch_lowers_lr(home, tiny_model, monkeypatch):  # noqa: F811
+def test_loss_spike_is_logged_keeps_last_good_and_branch_lowers_lr(home, tiny_model, monkeypatch):
     config = make_run("spike", tiny_model, epochs=3, gradient_accumulation=1, keep_checkpoints=1)
     patch_training_forward(monkeypatch, lambda n, t, m, x: (t, m * 50) if n == 7 else (t, m))
     assert loop.train(config) == 0
@@ -84,7 +80,7 @@ def test_loss_spike_is_logged_keeps_last_good_and_branch_lowers_lr(home, tiny_mo
         branch_run("anna", "spike", "spike-lower-lr")
 
 
-def test_out_of_memory_retries_then_splits_the_micro_batch_and_resume_keeps_it(home, tiny_model, monkeypatch):  # noqa: F811
+def test_out_of_memory_retries_then_splits_the_micro_batch_and_resume_keeps_it(home, tiny_model, monkeypatch):
     config = make_run("oom", tiny_model, epochs=1, batch_size=2, gradient_accumulation=1)
 
     def oom_for_pairs(n, t, m, text_inputs):
@@ -109,7 +105,7 @@ def test_out_of_memory_retries_then_splits_the_micro_batch_and_resume_keeps_it(h
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_trains(home, tiny_model, precision):  # noqa: F811
+def test_mixed_precision_trains(home, tiny_model, precision):
     config = make_run(f"amp-{precision}", tiny_model, epochs=1, precision=precision)
     assert loop.train(config) == 0
     rows = train_rows(config.parent)
@@ -163,7 +159,7 @@ def test_retention_keeps_newest_and_protected(tmp_path):
     assert [c.step for c in runs.list_checkpoints(tmp_path)] == [2, 4, 5]
 
 
-def test_refuses_to_start_without_disk_space_for_the_checkpoints(home, tiny_model, monkeypatch):  # noqa: F811
+def test_refuses_to_start_without_disk_space_for_the_checkpoints(home, tiny_model, monkeypatch):
     config = make_run("full-disk", tiny_model, epochs=1)
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     assert loop.train(config) == loop.EXIT_FAILED
@@ -172,7 +168,7 @@ def test_refuses_to_start_without_disk_space_for_the_checkpoints(home, tiny_mode
     assert (config.parent / "train.yaml").is_file()
 
 
-def test_sigterm_finishes_the_step_saves_and_exits_zero(home, tiny_model):  # noqa: F811
+def test_sigterm_finishes_the_step_saves_and_exits_zero(home, tiny_model):
     config = make_run("sigterm", tiny_model, epochs=50)
     proc = train_subprocess(config, home)
     deadline = time.time() + 240
