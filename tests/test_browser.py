@@ -173,25 +173,40 @@ def test_record_transcribe_train_generate(app_url, page, speech_voice, faster_wh
     textbox(page, "training-run-name").fill(RUN)
     set_number(page, "train-epochs", 0)
     expect(page.locator("#training-yaml")).to_contain_text("Not a valid configuration")
-    set_number(page, "train-epochs", 3)
+    set_number(page, "train-epochs", 6)
     set_number(page, "train-batch-size", 2)
     yaml = page.locator("#training-yaml")
-    for line in ("epochs: 3", "batch_size: 2", f"voice: {VOICE}", f"run: {RUN}"):
+    for line in ("epochs: 6", "batch_size: 2", f"voice: {VOICE}", f"run: {RUN}"):
         expect(yaml).to_contain_text(line)
     page.locator("#training-start").click()
-    expect(page.locator("#training-status strong").first).to_have_text("running", timeout=30_000)
+    state = page.locator("#training-status strong").first
+    expect(state).to_have_text("running", timeout=30_000)
     no_gradio_error(page)
 
     # A page refresh re-reads the metrics from the start and reattaches to the running trainer.
     page.reload()
     page.get_by_role("tab", name="Training").click()
     expect(textbox(page, "training-run-name")).to_have_value(RUN, timeout=30_000)
-    expect(page.locator("#training-status strong").first).to_have_text("finished", timeout=150_000)
+    expect(state).to_have_text("running")
+
+    # Stop after the first checkpoint, then Start on the same run resumes it to the end.
+    expect(page.locator("#training-status")).to_contain_text("latest checkpoint step-", timeout=90_000)
+    page.locator("#training-stop").click()
+    expect(state).to_have_text("stopped", timeout=60_000)
+    stopped_at = page.locator("#training-status").inner_text()
+    expect(page.locator("#training-start")).to_have_text("Resume")
+    page.locator("#training-start").click()
+    expect(state).to_have_text("running", timeout=30_000)
+    expect(state).to_have_text("finished", timeout=150_000)
+    no_gradio_error(page)
+    expect(page.locator("#training-status")).to_contain_text("step 12 / 12")
     for plot in ("training-plot-text", "training-plot-mel", "training-plot-validation"):
         expect(page.locator(f"#{plot} g.mark-line path").first).to_be_attached(timeout=15_000)
         path = page.locator(f"#{plot} g.mark-line path").first.get_attribute("d") or ""
         assert path.count("L") >= 1, f"{plot}: no line drawn ({path!r})"
-    expect(textbox(page, "training-log")).to_have_value(re.compile("finished at step"))
+    expect(page.locator("#training-plot-validation g.mark-line path")).to_have_count(2)  # text and mel CE
+    expect(textbox(page, "training-log")).to_have_value(re.compile("finished at step 12"))
+    print(f"stopped: {stopped_at!r}")
     shot(page, "2-training")
 
     # Generate with the run's latest checkpoint.

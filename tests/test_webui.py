@@ -247,9 +247,8 @@ def test_tail_metrics_reads_from_an_offset(timbre_home):
     assert training_tab.tail_metrics(tail, "anna", "other")[0] == training_tab.new_tail("anna", "other")
 
     text, mel, validation = training_tab.loss_frames(tail["rows"])
-    assert list(text["value"]) == [3.0, 3.1] and list(text["split"]) == ["train", "validation"]
-    assert list(mel["value"]) == [5.0, 5.1]
-    assert list(validation["value"]) == [5.13]
+    assert list(text["value"]) == [3.0] and list(mel["value"]) == [5.0]
+    assert list(validation["series"]) == ["text CE", "mel CE"] and list(validation["value"]) == [3.1, 5.1]
     assert training_tab.loss_frames([]) == (None, None, None)  # never an empty frame
 
 

@@ -36,7 +36,8 @@ SECTIONS = (
 SELECTOR_FIELDS = ("voice", "run")
 TICK_SECONDS = 1.5
 MAX_PLOT_POINTS = 2000
-PLOT_COLUMNS = ["step", "value", "split"]
+LOG_LINES = 12
+PLOT_COLUMNS = ["step", "value", "series"]
 
 
 # --- the form <-> TrainConfig ----------------------------------------------------------------
@@ -163,27 +164,32 @@ def plot_frame(rows: list) -> pd.DataFrame | None:
     """A (step, value, split) frame for a LinePlot; None when there are no rows.
 
     Never an empty frame: Gradio 6.31's LinePlot, once given an empty frame, draws no lines
-    for the data that follows (checked in Chromium).
+    for the data that follows (checked in Chromium). For the same reason a plot's series must
+    all be present in its first frame (later ones are not drawn), so train and validation
+    curves are separate plots: validation rows carry text and mel CE together.
     """
     if not rows:
         return None
-    return pd.DataFrame(rows, columns=PLOT_COLUMNS).astype({"step": "int64", "value": "float64", "split": "str"})
+    stride = max(1, len(rows) // MAX_PLOT_POINTS)
+    frame = pd.DataFrame(rows[::stride], columns=PLOT_COLUMNS)
+    return frame.astype({"step": "int64", "value": "float64", "series": "str"})
 
 
 def loss_frames(rows: list[dict]) -> tuple[pd.DataFrame | None, ...]:
-    """(text CE, mel CE, validation loss) against step, for the three line plots (None: no data)."""
+    """(train text CE, train mel CE, validation text and mel CE) against step (None: no data)."""
 
-    def frame(key: str, splits: tuple[str, ...]) -> pd.DataFrame | None:
-        data = [
-            [r["step"], r[key], r.get("split", "train")]
-            for r in rows
-            if r.get("split", "train") in splits and r.get(key) is not None
-        ]
-        stride = max(1, len(data) // MAX_PLOT_POINTS)
-        return plot_frame(data[::stride])
+    def values(split: str, key: str, series: str) -> list:
+        return [[r["step"], r[key], series] for r in rows if r.get("split") == split and r.get(key) is not None]
 
-    both = ("train", "validation")
-    return frame("loss_text_ce", both), frame("loss_mel_ce", both), frame("loss", ("validation",))
+    validation = sorted(
+        values("validation", "loss_text_ce", "text CE") + values("validation", "loss_mel_ce", "mel CE"),
+        key=lambda row: row[0],
+    )
+    return (
+        plot_frame(values("train", "loss_text_ce", "text CE")),
+        plot_frame(values("train", "loss_mel_ce", "mel CE")),
+        plot_frame(validation),
+    )
 
 
 def _clock(seconds) -> str:
@@ -220,7 +226,7 @@ def monitor(voice: str | None, run: str | None) -> tuple[str, str, bool]:
     if not (run_folder / "train.yaml").is_file():
         return f"**new run** `{run}`: press Start to write its train.yaml and train.", "", False
     status = runs.run_status(voice, run)
-    return describe_status(status), runs.log_tail(run_folder), status.state == "running"
+    return describe_status(status), runs.log_tail(run_folder, LOG_LINES), status.state == "running"
 
 
 def find_running_run() -> tuple[str, str] | None:
@@ -235,7 +241,7 @@ def find_running_run() -> tuple[str, str] | None:
 # --- layout and wiring -----------------------------------------------------------------------
 
 LABELS = {"gpus": "GPUs", "max_steps": "Max steps", "init_weights": "Start from weights"}
-COLORS = {"train": "#2563eb", "validation": "#ea580c"}
+COLORS = {"text CE": "#2563eb", "mel CE": "#ea580c"}
 
 
 def _field_component(field: dataclasses.Field, ctx: TabContext):
@@ -287,23 +293,25 @@ def build(ctx: TabContext) -> dict:
             ui["stop"] = gr.Button("Stop", variant="stop", elem_id="training-stop")
         ui["status"] = gr.Markdown("Choose a voice and a run.", elem_id="training-status")
         with gr.Row():
-            for key, title in (
-                ("plot_text", "Text cross-entropy"),
-                ("plot_mel", "Mel cross-entropy"),
-                ("plot_validation", "Validation loss"),
+            for key, title, color in (
+                ("plot_text", "Text cross-entropy (train)", None),
+                ("plot_mel", "Mel cross-entropy (train)", None),
+                ("plot_validation", "Validation cross-entropy", "series"),
             ):
                 ui[key] = gr.LinePlot(
                     None,
                     x="step",
                     y="value",
-                    color="split",
-                    color_map=COLORS,
+                    color=color,
+                    color_map=COLORS if color else None,
                     title=title,
                     y_title="loss",
                     height=260,
                     elem_id=f"training-{key.replace('_', '-')}",
                 )
-        ui["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="training-log")
+        ui["log"] = gr.Textbox(
+            label="Log (newest lines)", lines=LOG_LINES, max_lines=LOG_LINES + 4, elem_id="training-log"
+        )
         ui["timer"] = gr.Timer(TICK_SECONDS, active=False)
         ui["tail"] = gr.State(new_tail())
     _wire(ctx, ui)
@@ -350,20 +358,19 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         with engine_errors("Opening the run"):
             return run, *run_form(voice, run)
 
-    def on_load(voice):
-        running = find_running_run()
+    def on_show(voice, run):
+        """Page load or tab select: keep a valid voice (fresh run list), else reattach to a
+        running trainer, else show the first voice with a new run name."""
         choices = voice_choices()
-        voice, run = running if running else (pick(choices, voice), None)
+        if voice in choices:
+            run_names = paths.list_runs(voice)
+            runs_update = gr.Dropdown(choices=run_names, value=run if run in run_names else None)
+            return gr.Dropdown(choices=choices), runs_update, gr.skip(), *[gr.skip()] * len(form_list)
+        running = find_running_run()
+        voice, run = running if running else (pick(choices, None), None)
         runs_update, run_name = select_voice(voice, run)
         values = run_form(voice, run) if run else [gr.skip()] * len(form_list)
         return gr.Dropdown(choices=choices, value=voice), runs_update, run_name, *values
-
-    def on_tab(voice, run):
-        choices = voice_choices()
-        voice_now = pick(choices, voice)
-        if voice_now == voice:
-            return gr.Dropdown(choices=choices), gr.skip(), gr.skip()
-        return gr.Dropdown(choices=choices, value=voice_now), *select_voice(voice_now)
 
     def on_preview(values):
         return yaml_preview(named(values, form), values[ui["voice"]], values[ui["run_name"]])
@@ -383,10 +390,9 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             raise gr.Error("No trainer is running for this run.")
         gr.Info("Stop requested: the trainer finishes its step, saves a checkpoint and exits.")
 
-    ctx.blocks.load(on_load, ui["voice"], [ui["voice"], ui["runs"], ui["run_name"], *form_list], show_progress="hidden")
-    ui["tab"].select(
-        on_tab, [ui["voice"], ui["run_name"]], [ui["voice"], ui["runs"], ui["run_name"]], show_progress="hidden"
-    )
+    shown = [ui["voice"], ui["runs"], ui["run_name"], *form_list]
+    ctx.blocks.load(on_show, [ui["voice"], ui["run_name"]], shown, show_progress="hidden")
+    ui["tab"].select(on_show, [ui["voice"], ui["run_name"]], shown, show_progress="hidden")
     ui["voice"].input(on_voice, ui["voice"], [ui["runs"], ui["run_name"]])
     ui["runs"].input(on_run, [ui["voice"], ui["runs"]], [ui["run_name"], *form_list])
     gr.on(
