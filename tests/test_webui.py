@@ -228,8 +228,7 @@ def test_start_new_run_then_resume(timbre_home, monkeypatch):
 
 
 def test_tail_metrics_reads_from_an_offset(timbre_home):
-    folder = paths.run_dir("anna", "r")
-    folder.mkdir(parents=True)
+    folder = TrainConfig(voice="anna", run="r").save_new().parent
     rows = [
         {"step": 1, "epoch": 1, "split": "train", "loss_text_ce": 3.0, "loss_mel_ce": 5.0, "loss": 5.03},
         {"event": "checkpoint", "step": 1},
@@ -255,6 +254,8 @@ def test_tail_metrics_reads_from_an_offset(timbre_home):
 def test_monitor_and_status_line(timbre_home):
     assert training_tab.monitor(None, None)[2] is False
     assert "new run" in training_tab.monitor("anna", "r")[0]
+    assert "invalid run name" in training_tab.monitor("anna", "run.")[0]  # typed half-way: no error toast
+    assert training_tab.tail_metrics(None, "anna", "../x") == (training_tab.new_tail("anna", "../x"), False)
     config = TrainConfig(voice="anna", run="r")
     folder = config.save_new().parent
     runs.write_status(folder, {"state": "failed", "step": 3, "epoch": 1, "message": "CUDA out of memory"})

@@ -146,14 +146,21 @@ def new_tail(voice: str | None = None, run: str | None = None) -> dict:
     return {"key": f"{voice}/{run}", "offset": 0, "rows": []}
 
 
+def existing_run(voice: str | None, run: str | None) -> Path | None:
+    """The run folder of a run that has a train.yaml; None for a new, empty or invalid name."""
+    try:
+        folder = paths.run_dir(voice or "", run or "")
+    except paths.InvalidNameError:
+        return None
+    return folder if (folder / "train.yaml").is_file() else None
+
+
 def tail_metrics(tail: dict, voice: str | None, run: str | None) -> tuple[dict, bool]:
     """Read the new rows of the run's metrics.jsonl; returns (state, whether rows arrived)."""
     if not tail or tail.get("key") != f"{voice}/{run}":
         tail = new_tail(voice, run)
-    if not voice or not run:
-        return tail, False
-    run_folder = paths.run_dir(voice, run)
-    if not (run_folder / "metrics.jsonl").is_file():
+    run_folder = existing_run(voice, run)
+    if run_folder is None or not (run_folder / "metrics.jsonl").is_file():
         return tail, False
     rows, offset = runs.read_metrics(run_folder, tail["offset"])
     rows = [r for r in rows if "event" not in r and "step" in r]
@@ -222,8 +229,12 @@ def monitor(voice: str | None, run: str | None) -> tuple[str, str, bool]:
     """(status markdown, log tail, whether the trainer is running) of the watched run."""
     if not voice or not run:
         return "Choose a voice and a run.", "", False
-    run_folder = paths.run_dir(voice, run)
-    if not (run_folder / "train.yaml").is_file():
+    run_folder = existing_run(voice, run)
+    if run_folder is None:
+        try:
+            paths.check_name(run, "run name")
+        except paths.InvalidNameError as exc:
+            return f"**invalid run name**: {exc}", "", False
         return f"**new run** `{run}`: press Start to write its train.yaml and train.", "", False
     status = runs.run_status(voice, run)
     return describe_status(status), runs.log_tail(run_folder, LOG_LINES), status.state == "running"
@@ -334,7 +345,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         return tail, *plots, status, log, gr.Timer(active=running)
 
     def on_refresh(voice, run, tail):
-        exists = bool(voice and run) and (paths.run_dir(voice, run) / "train.yaml").is_file()
+        exists = existing_run(voice, run) is not None
         return *on_tick(voice, run, None), gr.Button("Resume" if exists else "Start")
 
     def run_form(voice, run) -> list:
