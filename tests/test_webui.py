@@ -299,7 +299,9 @@ def test_speak_uses_the_app_synthesizer(timbre_home, monkeypatch):
         out = paths.output_dir(voice) / "x.wav"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"RIFF")
-        out.with_suffix(".json").write_text(json.dumps({"text": text, "run": "base model", "settings": {"seed": 3}}))
+        weights = "/h/training/anna/r/checkpoints/step-0000004/model.safetensors"
+        meta = {"text": text, "run": "r", "checkpoint": "latest", "weights": weights, "settings": {"seed": 3}}
+        out.with_suffix(".json").write_text(json.dumps(meta))
         return out
 
     monkeypatch.setattr(engine_generate, "generate_speech", fake_generate)
@@ -317,6 +319,7 @@ def test_speak_uses_the_app_synthesizer(timbre_home, monkeypatch):
 
     table = generate_tab.outputs_table("anna")
     assert list(table["file"]) == ["x.wav"] and list(table["seed"]) == [3]
+    assert list(table["checkpoint"]) == ["step-0000004"]
     assert generate_tab.output_path("anna", "x.wav") == str(path.resolve())
     with pytest.raises(ValueError):
         generate_tab.output_path("anna", "../../voices/anna/secret.wav")

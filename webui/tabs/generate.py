@@ -77,12 +77,14 @@ def outputs_table(voice: str | None) -> pd.DataFrame:
         created = item.get("created")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if isinstance(created, (int, float)) else ""
         seed = (item.get("settings") or {}).get("seed")
+        # "latest" is resolved to the step it meant when the weights file is recorded.
+        checkpoint = Path(item["weights"]).parent.name if item.get("weights") else item.get("checkpoint") or ""
         rows.append(
             [
                 when,
                 item.get("text", ""),
                 item.get("run", ""),
-                item.get("checkpoint") or "",
+                checkpoint,
                 seed,
                 Path(item["path"]).name,
             ]
