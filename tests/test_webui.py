@@ -288,7 +288,7 @@ def test_generation_choices_and_settings(timbre_home):
     assert generate_tab.make_settings({"seed": ""}).seed is None
     with pytest.raises(ValueError, match="seed"):
         generate_tab.make_settings({"seed": "abc"})
-    assert generate_tab.settings_help()["top_p"].startswith("sampling restricted")
+    assert generate_tab.settings_help()["top_p"].startswith("Sampling restricted")
 
 
 def test_speak_uses_the_app_synthesizer(timbre_home, monkeypatch):

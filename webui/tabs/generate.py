@@ -50,7 +50,7 @@ def settings_help() -> dict[str, str]:
                 help_text[name] += " " + line.strip()
         else:
             current = []
-    return help_text
+    return {name: text[:1].upper() + text[1:] for name, text in help_text.items()}
 
 
 def settings_fields() -> list[dataclasses.Field]:
