@@ -30,30 +30,32 @@ class GenerationError(ValueError):
     """Generation cannot run (no reference audio, empty text, unknown run or checkpoint)."""
 
 
+def _setting(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class GenerationSettings:
-    """Sampling settings of XTTS-v2's GPT (defaults: coqui's ``Xtts.inference``).
+    """Sampling settings of XTTS-v2's GPT (defaults: coqui's ``Xtts.inference``); each field's
+    help text is in its metadata (:data:`GENERATION_HELP`), shown by the UI."""
 
-    temperature: softmax temperature of the audio-code sampler.
-    top_k, top_p: sampling restricted to the k most likely codes / the nucleus of mass p.
-    repetition_penalty: penalty on repeated codes (coqui's default 10.0 avoids babbling).
-    length_penalty: exponent on length for beam search (no effect when sampling).
-    speed: playback speed factor of the decoder (1.0 = natural).
-    seed: random seed; None draws one, which is recorded with the output.
-    max_seconds: longest speech to generate per text chunk; 0 uses the model's limit
-        (605 codes ≈ 28 s).
-    split_sentences: split long text into sentences and synthesise each (coqui's text splitting).
-    """
-
-    temperature: float = 0.75
-    top_k: int = 50
-    top_p: float = 0.85
-    repetition_penalty: float = 10.0
-    length_penalty: float = 1.0
-    speed: float = 1.0
-    seed: int | None = None
-    max_seconds: float = 0.0
-    split_sentences: bool = True
+    temperature: float = _setting(
+        0.75, "Softmax temperature of the audio-code sampler: lower is steadier, higher more varied."
+    )
+    top_k: int = _setting(50, "Sample only among the k most likely audio codes.")
+    top_p: float = _setting(0.85, "Sample only within the smallest set of codes whose probability reaches p (nucleus).")
+    repetition_penalty: float = _setting(
+        10.0, "Penalty on repeating audio codes; coqui's 10.0 keeps the model from babbling."
+    )
+    length_penalty: float = _setting(1.0, "Exponent on length in beam search (no effect when sampling).")
+    speed: float = _setting(1.0, "Speaking speed factor applied by the decoder (1.0 = natural).")
+    seed: int | None = _setting(
+        None, "Random seed; empty draws one, which is saved with the output so it can be repeated."
+    )
+    max_seconds: float = _setting(
+        0.0, "Longest speech per sentence in seconds; 0 uses the model's limit (605 codes, about 28 s)."
+    )
+    split_sentences: bool = _setting(True, "Split long text into sentences and speak each (coqui's text splitting).")
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 5:
@@ -64,6 +66,9 @@ class GenerationSettings:
             raise GenerationError(f"top_k must be at least 1, got {self.top_k}")
         if not 0.25 <= self.speed <= 4:
             raise GenerationError(f"speed must be in [0.25, 4], got {self.speed}")
+
+
+GENERATION_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(GenerationSettings)}
 
 
 def reference_files(voice: str) -> list[Path]:
@@ -126,6 +131,14 @@ class Synthesizer:
             self.weights = weights
             log(f"using {'the base model weights' if weights is None else weights}")
         return self.model
+
+    def unload(self) -> None:
+        """Free the model (before training needs the GPU)."""
+        self.model = None
+        self.weights = None
+        self._latents.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def conditioning(self, references: list[Path], log: Callable[[str], None] = print):
         """GPT conditioning latents (1, 32, width) and speaker embedding (1, 512, 1) from the
@@ -190,6 +203,7 @@ def generate_speech(
     language: str = "en",
     out: str | Path | None = None,
     synthesizer: Synthesizer | None = None,
+    progress: Callable[[float, str], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Speak ``text`` in ``voice``'s voice and write a 24 kHz WAV; returns its path.
@@ -203,6 +217,7 @@ def generate_speech(
         out: output file; default ``outputs/<voice>/<time>-<seed>.wav``. A JSON file with the
             text, model and settings is written beside it.
         synthesizer: a loaded :class:`Synthesizer` to reuse (the UI keeps one).
+        progress: optional ``progress(fraction, description)``.
 
     Raises GenerationError (no references, empty text, bad run/checkpoint) and
     models.BaseModelError (base model missing).
@@ -217,17 +232,21 @@ def generate_speech(
     if base_model is None and weights is not None:
         base_model = run_base_model(voice, run)
     synthesizer = synthesizer or Synthesizer(base_model)
+    report = progress or (lambda fraction, desc: None)
+    report(0.05, "loading the model")
     started = time.perf_counter()
+    synthesizer.load(weights, log=log)
+    report(0.3, "conditioning on the voice")
+    synthesizer.conditioning(references, log=log)
+    report(0.5, "speaking")
     wav = synthesizer.synthesize(text, references, weights, settings, language=language, log=log)
     seconds = time.perf_counter() - started
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = paths.output_dir(voice) / f"{stamp}-{settings.seed}.wav"
-    out = Path(out)
+    report(0.95, "saving")
+    out = Path(out) if out is not None else unique_output_path(voice, settings.seed)
     audio_io.save_wav(out, wav, models.OUTPUT_SAMPLE_RATE)
     duration = wav.numel() / models.OUTPUT_SAMPLE_RATE
     meta = {
-        "text": text, "voice": voice, "run": run or BASE_MODEL, "checkpoint": checkpoint if run else None,
+        "text": text, "voice": voice, "run": run or BASE_MODEL, "checkpoint": weights.parent.name if weights else None,
         "weights": str(weights) if weights else None, "language": language, "settings": asdict(settings),
         "sample_rate": models.OUTPUT_SAMPLE_RATE, "seconds": round(duration, 3),
         "real_time_factor": round(seconds / max(duration, 1e-9), 3), "created": time.time(),
@@ -235,6 +254,16 @@ def generate_speech(
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {out} ({duration:.2f} s of audio in {seconds:.1f} s)")
     return out
+
+
+def unique_output_path(voice: str, seed: int) -> Path:
+    """``outputs/<voice>/<YYYYmmdd-HHMMSS>-<seed>[-n].wav`` that does not exist yet."""
+    folder = paths.output_dir(voice)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}"
+    path, n = folder / f"{stem}.wav", 2
+    while path.exists() or path.with_suffix(".json").exists():
+        path, n = folder / f"{stem}-{n}.wav", n + 1
+    return path
 
 
 def list_outputs(voice: str) -> list[dict]:

@@ -511,7 +511,8 @@ def _decide_state(
     """(state, message) from status.json, the live pid and the newest complete checkpoint."""
     reported = (status or {}).get("state")
     message = str((status or {}).get("message") or "")
-    if pid is not None:
+    # A final state written by the trainer wins over its still-live pid: it is exiting.
+    if pid is not None and reported not in ("finished", "stopped", "failed"):
         if (folder / STOP_FILE).exists():
             return "running", "stop requested: finishing the current step and saving"
         return "running", message or "training"
