@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+# Browser fixtures (app_url, browser, page) for every test module; helpers are imported from it.
+pytest_plugins = ["browser"]
+
 
 @pytest.fixture
 def timbre_home(tmp_path, monkeypatch) -> Path:

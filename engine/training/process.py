@@ -146,6 +146,12 @@ def _gpu_conflict(gpus: list[int], folder: Path) -> str | None:
     return None
 
 
+#: States a trainer writes as its last word; its process may live on a moment longer.
+FINAL_STATES = ("finished", "stopped", "failed")
+#: How long a start waits for a trainer that has reported its end to exit.
+EXIT_GRACE_S = 30.0
+
+
 def start_training(config_path: str | os.PathLike, *, extra_env: dict[str, str] | None = None) -> int:
     """Start the trainer for ``config_path`` (a run's train.yaml) in the background; return its pid.
 
@@ -167,6 +173,8 @@ def start_training(config_path: str | os.PathLike, *, extra_env: dict[str, str] 
         raise ConfigError(f"{config_path}: voice and run must be set to train")
     folder = config.run_dir().resolve()
     gpus = _gpu_ids(config)
+    if running_pid(folder) is not None and (runs.read_status(folder) or {}).get("state") in FINAL_STATES:
+        wait_for_exit(folder, EXIT_GRACE_S)  # it has reported its end and is only exiting
     with _REGISTRY.lock:
         pid = running_pid(folder)
         if pid is not None:
