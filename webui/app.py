@@ -12,6 +12,7 @@ import os
 import gradio as gr
 
 from engine import paths
+from engine.settings import SettingsError, load_settings
 from engine.training import process
 from webui.tabs import AppSettings, TabContext, dataset, generate, settings, training
 
@@ -28,7 +29,7 @@ def build_app(base_model: str | os.PathLike | None = None) -> gr.Blocks:
     ``base_model`` is the XTTS-v2 folder the app starts with (default models/xtts-v2/).
     """
     with gr.Blocks(title=TITLE) as demo:
-        ctx = TabContext(demo, AppSettings(base_model=str(base_model) if base_model else ""))
+        ctx = TabContext(demo, startup_settings(base_model))
         gr.Markdown("# Timbre\nFine-tune an XTTS-v2 voice from your recordings.", elem_id="timbre-header")
         with gr.Tabs(elem_id="timbre-tabs"):
             data_ui = dataset.build(ctx)
@@ -39,6 +40,20 @@ def build_app(base_model: str | os.PathLike | None = None) -> gr.Blocks:
         settings_ui["whisper_backend"].change(lambda v: v, settings_ui["whisper_backend"], data_ui["backend"])
         settings_ui["whisper_model"].change(lambda v: v, settings_ui["whisper_model"], data_ui["whisper_model"])
     return demo
+
+
+def startup_settings(base_model: str | os.PathLike | None = None) -> AppSettings:
+    """The saved settings (settings.json), with ``--base-model`` taking precedence for this
+    session. An unreadable settings file is reported and the defaults are used (it is not
+    overwritten until the user changes a setting)."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        logging.getLogger("webui").warning("%s; using the default settings", exc)
+        settings = AppSettings()
+    if base_model:
+        settings.base_model = str(base_model)
+    return settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

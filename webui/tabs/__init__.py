@@ -20,25 +20,13 @@ from typing import Any
 import gradio as gr
 
 from engine import paths
+from engine.settings import AppSettings, save_settings
 
 logger = logging.getLogger("webui")
 
 #: The exceptions the engine raises for bad input or missing files (ConfigError, DatasetError,
 #: InvalidNameError and TranscriptionError are ValueErrors; BaseModelError is a RuntimeError).
 ENGINE_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
-
-
-@dataclass
-class AppSettings:
-    """App-wide settings edited in the Settings tab and read by the other tabs' handlers."""
-
-    base_model: str = ""
-    whisper_backend: str = "faster-whisper"
-    whisper_model: str = ""
-
-    def base_model_dir(self) -> str:
-        """The base-model folder the app uses: the Settings field or models/xtts-v2/."""
-        return self.base_model or str(paths.default_base_model_dir())
 
 
 @dataclass
@@ -49,6 +37,13 @@ class TabContext:
     blocks: gr.Blocks
     settings: AppSettings = field(default_factory=AppSettings)
     synthesizer: Any = None
+
+    def save_settings(self) -> None:
+        """Keep the settings for the next start (settings.json in the data folder)."""
+        try:
+            save_settings(self.settings)
+        except OSError as exc:
+            logger.warning("settings not saved: %s", exc)
 
     def release_models(self) -> None:
         """Drop the loaded TTS and Whisper models (before training takes the memory)."""

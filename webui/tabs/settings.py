@@ -82,6 +82,7 @@ def build(ctx: TabContext) -> dict:
 
     def on_change(directory, backend, whisper_model, accepted):
         apply_settings(settings, directory, backend, whisper_model)
+        ctx.save_settings()
         return show_status(directory, accepted)
 
     def on_download(directory, accepted, progress=gr.Progress()):  # noqa: B008 (Gradio's documented pattern)
@@ -94,7 +95,7 @@ def build(ctx: TabContext) -> dict:
     inputs = [ui["base_model"], ui["whisper_backend"], ui["whisper_model"], ui["accept"]]
     status_outputs = [ui["model_status"], ui["download"]]
     gr.on(
-        [ui["base_model"].change, ui["whisper_backend"].change, ui["whisper_model"].change],
+        [ui["base_model"].input, ui["whisper_backend"].input, ui["whisper_model"].input],
         on_change,
         inputs,
         status_outputs,
