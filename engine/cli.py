@@ -6,6 +6,7 @@ Thin: parse, call the engine, print. Errors become one ``error: …`` line and a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -147,6 +148,17 @@ def _run(args) -> int:
         if not args.config.is_file():
             print(f"error: {args.config}: no such train.yaml", file=sys.stderr)
             return 1
+        config = TrainConfig.load(args.config)
+        if config.world_size() > 1 and "WORLD_SIZE" not in os.environ:
+            # Several GPUs: run the same command under torchrun, as the app's launcher does.
+            import subprocess
+
+            from engine.training.process import training_argv
+
+            env = dict(os.environ)
+            if isinstance(config.gpus, list):
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
+            return subprocess.run(training_argv(config, args.config.resolve()), env=env).returncode
         return train(args.config)
     if args.command == "generate":
         from engine.generate import GenerationSettings, generate_speech

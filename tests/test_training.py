@@ -64,9 +64,11 @@ def test_ddp_two_gloo_processes_match_one_process(home, tiny_model):
     ddp = make_run("ddp", tiny_model, epochs=2, batch_size=4, gradient_accumulation=1, gpus=2)
     argv = process.training_argv(TrainConfig.load(ddp), ddp)
     assert "torch.distributed.run" in argv and "--nproc_per_node" in argv
-    out = finish(train_subprocess(ddp, home, argv=argv), timeout=400)
+    out = finish(train_subprocess(ddp, home), timeout=400)  # `engine train` relaunches itself under torchrun
+    assert "[rank 1]" in out, "a second process trained"
     assert "weights identical on all ranks" in out
     a, b = train_rows(single.parent), train_rows(ddp.parent)
+    assert [r["step"] for r in b] == list(range(1, len(b) + 1)), "only rank 0 writes metrics"
     assert [r["samples"] for r in a] == [r["samples"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert rb["loss_mel_ce"] == pytest.approx(ra["loss_mel_ce"], rel=1e-5)
