@@ -337,7 +337,11 @@ def _train(
             )
             text_ce, mel_ce, grad_norm_mean = runtime.all_mean([text_sum, mel_sum, float(grad_norm)], env)
             loss_value = cfg.text_loss_weight * text_ce + cfg.mel_loss_weight * mel_ce
-            finite = math.isfinite(loss_value) and math.isfinite(grad_norm_mean)
+            # With fp16 an overflowing gradient is the grad scaler's business: it skips that
+            # update and lowers its scale (several times at the start, by design). Only a
+            # non-finite loss, or a non-finite gradient without a scaler, counts towards divergence.
+            overflow = scaler.is_enabled() and math.isfinite(loss_value) and not math.isfinite(grad_norm_mean)
+            finite = math.isfinite(loss_value) and (math.isfinite(grad_norm_mean) or overflow)
             if finite:
                 scaler.step(optimizer)
                 consecutive_skips = 0
@@ -353,6 +357,8 @@ def _train(
                    "loss_mel_ce": mel_ce, "loss": loss_value, "lr": lr, "time": time.time(),
                    "grad_norm": grad_norm_mean, "samples_per_second": cfg.batch_size / elapsed,
                    "samples": batch}  # fmt: skip
+            if overflow:
+                row["overflow"] = True  # the scaler skipped this update; see above
             if not finite:
                 row["skipped"] = True
                 metrics.write(
