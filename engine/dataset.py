@@ -8,22 +8,23 @@
     transcription.json      Whisper output per recording (engine.transcribe.TranscriptCache),
                             so a re-run transcribes only new or changed recordings
     report.json             counts, durations, skipped files with reasons, per-clip statistics
+    edits.json              the user's changes (engine.dataset_edit): typed transcripts and
+                            excluded clips, applied again by every run to the clips that remain
 
 Every file is written atomically (temp file + ``os.replace``); the clips go to a new folder
 that replaces ``wavs/`` only once all of them exist, so a failed or interrupted run leaves
 the previous dataset whole.
 
-Where to cut is :func:`engine.clips.plan_clips`.
+Where to cut is :func:`engine.clips.plan_clips`; the per-clip quality figures are
+:mod:`engine.dataset_quality`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
-import random
 import re
 import shutil
 import sys
@@ -34,10 +35,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
 import torchaudio.functional as AF
 
-from engine import paths, transcribe
+from engine import dataset_edit, paths, transcribe
 from engine.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
@@ -47,14 +47,14 @@ from engine.audio import (
     peak,
     rms_dbfs,
     save_wav,
-    write_bytes_atomic,
 )
 from engine.clips import PlannedClip, plan_clips
+from engine.dataset_quality import clip_audio_stats, word_confidence
 
 SAMPLE_RATE = 22_050
 """Clip sample rate in Hz: XTTS-v2's GPT/DVAE rate (``XttsAudioConfig.sample_rate``)."""
 
-CSV_HEADER = ("audio_file", "text", "speaker_name")
+CSV_HEADER = dataset_edit.CSV_HEADER
 
 Progress = Callable[[float, str], None]
 
@@ -71,17 +71,29 @@ class DatasetError(ValueError):
 class DatasetReport:
     """What :func:`prepare_dataset` made; :meth:`to_dict` is ``report.json``.
 
-    Durations in seconds. ``skipped``: ``{"file", "reason"}`` per unusable recording.
-    ``dropped``: ``{"file", "start", "end", "text", "reason"}`` per stretch of a usable
-    recording that made no clip. ``per_clip``: one dict per clip with ``audio_file``,
-    ``split``, ``source``, ``start``, ``end``, ``duration``, ``text``, ``peak`` (0–1),
-    ``peak_dbfs``, ``rms_dbfs`` and Whisper's ``avg_logprob``.
+    Durations in seconds. ``clips`` counts every clip in ``wavs/``; ``train`` and
+    ``validation`` those in the csv files, ``excluded`` those the user left out;
+    ``total_seconds`` is the speech in the csv files; ``edited`` counts clips trained on a
+    text other than Whisper's and ``unmatched_edits`` the edits whose clip is gone
+    (:func:`engine.dataset_edit.summarise`). ``skipped``: ``{"file", "reason"}`` per unusable
+    recording. ``dropped``: ``{"file", "start", "end", "text", "reason"}`` per stretch of a
+    usable recording that made no clip. ``per_clip``: one dict per clip with ``audio_file``,
+    ``key`` (:func:`engine.dataset_edit.clip_key`), ``split`` (``"train"``,
+    ``"validation"``, ``"excluded"``), ``source``, ``source_sha256``, ``start``, ``end``,
+    ``duration``, ``text`` (trained on), ``whisper_text``, ``origin``, ``excluded``, ``peak``
+    (0–1), ``peak_dbfs``, ``rms_dbfs``, ``clipping`` (share of samples near full scale before
+    normalisation), ``leading_silence``, ``trailing_silence`` (seconds), Whisper's
+    ``avg_logprob``, ``min_word_probability`` and ``low_words``
+    (:mod:`engine.dataset_quality`).
     """
 
     voice: str
     clips: int
     train: int
     validation: int
+    excluded: int
+    edited: int
+    unmatched_edits: int
     total_seconds: float
     audio_seconds: float
     recordings: int
@@ -93,6 +105,8 @@ class DatasetReport:
     model: str
     language: str | None
     sample_rate: int
+    validation_fraction: float
+    seed: int
     seconds_taken: float
     transcription_seconds: float
     created: str
@@ -119,15 +133,19 @@ def prepare_dataset(
     folder, by name. Each is decoded at 22 050 Hz, RMS-normalised to -20 dBFS
     (:func:`engine.audio.loudness_normalise`), transcribed (or read from
     ``transcription.json``) and cut between sentences (:func:`engine.clips.plan_clips`).
+    The edits of ``edits.json`` (:mod:`engine.dataset_edit`) are applied to the clips whose
+    recording and times they name: typed transcripts replace Whisper's, excluded clips are
+    saved and reported but left out of the csv files.
 
     Args:
         voice: voice name (checked by :func:`engine.paths.check_name`).
         backend: ``"faster-whisper"`` or ``"openai-whisper"``.
         whisper_model: model name or local path; None: :data:`transcribe.DEFAULT_MODELS`.
         language: spoken language code; None or ``"auto"`` lets Whisper detect it.
-        validation_fraction: share of clips for validation, 0 ≤ f < 1; with ≥ 2 clips and
-            f > 0 at least one clip, and at most all but one, is for validation.
-        seed: seed of the train/validation split (same clips and seed → same split).
+        validation_fraction: share of clips for validation, 0 ≤ f < 1; with ≥ 2 included
+            clips and f > 0 at least one clip, and at most all but one, is for validation.
+        seed: seed of the train/validation split (:func:`engine.dataset_edit.assign_splits`:
+            a clip keeps its split when recordings are added).
         progress: optional ``progress(fraction 0–1, description)``.
         log: gets one line per skipped file and a summary.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``, for Whisper.
@@ -139,8 +157,9 @@ def prepare_dataset(
         engine.paths.InvalidNameError: bad voice name.
         engine.transcribe.TranscriptionError: unknown backend.
         ValueError: ``validation_fraction`` outside [0, 1).
-        DatasetError: no recordings, the Whisper model cannot be loaded, or no clip was
-            made; the message lists each file's reason and the old dataset is kept.
+        DatasetError: no recordings, the Whisper model cannot be loaded, no clip was made,
+            edits.json cannot be read, or another run holds the dataset; the message lists
+            each file's reason and the old dataset is kept.
     """
     started = time.perf_counter()
     progress = progress or _no_progress
@@ -158,10 +177,12 @@ def prepare_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     whisper = _Whisper(backend, model, language, device)
     with _exclusive(out_dir):
-        report = _make_dataset(voice, recordings, skipped, whisper, validation_fraction, seed, progress, log, started)
+        split = (validation_fraction, seed)
+        report = _make_dataset(voice, recordings, skipped, whisper, split, progress, log, started)
+    excluded = f", {report.excluded} excluded" if report.excluded else ""
     log(
         f"{voice}: {report.clips} clips ({report.train} train, {report.validation} "
-        f"validation), {report.total_seconds:.1f} s of speech from "
+        f"validation{excluded}), {report.total_seconds:.1f} s of speech from "
         f"{report.audio_seconds:.1f} s of recordings; {len(skipped)} skipped; "
         f"took {report.seconds_taken:.1f} s"
     )
@@ -229,11 +250,13 @@ def load_clips(voice: str) -> list[dict]:
     return rows
 
 
-def _make_dataset(
-    voice, recordings, skipped, whisper, validation_fraction, seed, progress, log, started
-) -> DatasetReport:
+def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, started) -> DatasetReport:
     """The body of :func:`prepare_dataset`, run while holding the dataset folder's lock."""
     out_dir = paths.dataset_dir(voice)
+    try:
+        edits = dataset_edit.load_edits(voice)  # before any work: an unreadable file stops the run
+    except dataset_edit.DatasetEditError as error:
+        raise DatasetError(str(error)) from error
     for leftover in out_dir.glob(".wavs.*"):  # staging folders of an interrupted run
         shutil.rmtree(leftover, ignore_errors=True)
     cache = transcribe.TranscriptCache(out_dir / "transcription.json")
@@ -255,7 +278,7 @@ def _make_dataset(
                 skipped.append(_skip(path, getattr(error, "reason", str(error)), log))
                 continue
             counts["audio"] += audio.numel() / SAMPLE_RATE
-            audio = loudness_normalise(audio)
+            raw, audio = audio, loudness_normalise(audio)
             planned, file_dropped = plan_clips(segments, audio, SAMPLE_RATE)
             dropped += [{"file": path.name, **item} for item in file_dropped]
             if not planned:
@@ -264,21 +287,18 @@ def _make_dataset(
             for number, clip in enumerate(planned, start=1):
                 name = f"{stems[path]}_{number:05d}.wav"
                 first = round(clip.start * SAMPLE_RATE)  # the length rounded once: ≥ 1 s stays ≥ 1 s
-                samples = audio[first : first + round((clip.end - clip.start) * SAMPLE_RATE)]
-                save_wav(staging / name, samples, SAMPLE_RATE)
-                clips.append(_clip_stats(name, path, clip, samples))
+                stretch = slice(first, first + round((clip.end - clip.start) * SAMPLE_RATE))
+                save_wav(staging / name, audio[stretch], SAMPLE_RATE)
+                clips.append(_clip_stats(name, path, hashes[path], clip, audio[stretch], raw[stretch], segments))
         progress(1.0, "writing the dataset")
         if not clips:
             lines = [f"no clips could be made from the recordings in {paths.voice_dir(voice)}:"]
             lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
             raise DatasetError("\n".join(lines), skipped)
-        _assign_split(clips, validation_fraction, seed)
+        clips = dataset_edit.apply_edits(clips, edits, *split)
         report = DatasetReport(
             voice=voice,
-            clips=len(clips),
-            train=sum(c["split"] == "train" for c in clips),
-            validation=sum(c["split"] == "validation" for c in clips),
-            total_seconds=round(sum(c["duration"] for c in clips), 3),
+            **dataset_edit.summarise(clips, edits),
             audio_seconds=round(counts["audio"], 3),
             recordings=len(recordings),
             transcribed=counts["transcribed"],
@@ -289,6 +309,8 @@ def _make_dataset(
             model=whisper.model,
             language=whisper.language,
             sample_rate=SAMPLE_RATE,
+            validation_fraction=split[0],
+            seed=split[1],
             seconds_taken=round(time.perf_counter() - started, 3),
             transcription_seconds=round(counts["transcription"], 3),
             created=_now(),
@@ -305,22 +327,13 @@ def _make_dataset(
 
 @contextlib.contextmanager
 def _exclusive(out_dir: Path):
-    """Hold an exclusive lock on ``out_dir/.lock`` so two runs never write one dataset.
-
-    ``fcntl.flock`` (released by the OS when the process ends, so never stale); where there
-    is no fcntl (Windows) the lock is skipped. Raises DatasetError when another run holds it.
-    """
+    """:func:`engine.dataset_edit.dataset_lock` (so a run and an edit never interleave),
+    raising DatasetError when another run or an edit holds it."""
     try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(out_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise DatasetError(f"{out_dir.name}: another dataset run is in progress") from error
-        yield  # the lock goes with the file handle
+        with dataset_edit.dataset_lock(out_dir):
+            yield
+    except dataset_edit.DatasetBusyError as error:
+        raise DatasetError(str(error)) from error
 
 
 def _no_progress(fraction: float, desc: str) -> None:
@@ -414,44 +427,29 @@ def _skip(path: Path, reason: str, log) -> dict:
     return {"file": path.name, "reason": reason}
 
 
-def _clip_stats(name: str, source: Path, clip: PlannedClip, samples: torch.Tensor) -> dict:
+def _clip_stats(name, source: Path, source_sha256: str, clip: PlannedClip, samples, raw, segments) -> dict:
+    """report.json's entry for one clip: ``samples`` as saved, ``raw`` the same stretch before
+    loudness normalisation, ``segments`` the recording's transcript."""
     top = peak(samples)
+    start, end = round(clip.start, 3), round(clip.end, 3)
     return {
         "audio_file": f"wavs/{name}",
+        "key": dataset_edit.clip_key(source_sha256, start, end),
         "split": "train",
         "source": source.name,
-        "start": round(clip.start, 3),
-        "end": round(clip.end, 3),
+        "source_sha256": source_sha256,
+        "start": start,
+        "end": end,
         "duration": round(samples.numel() / SAMPLE_RATE, 3),
         # Whisper text as is; the CSV writer keeps "|" and line breaks out of it.
-        "text": " ".join(clip.text.replace("|", " ").split()),
+        "text": dataset_edit.clean_text(clip.text),
         "peak": round(top, 4),
         "peak_dbfs": round(max(dbfs(top), -120.0), 2),
         "rms_dbfs": round(max(rms_dbfs(samples), -120.0), 2),
+        **clip_audio_stats(samples, SAMPLE_RATE, raw),
         "avg_logprob": round(clip.avg_logprob, 4),
+        **word_confidence(segments, clip.start, clip.end),
     }
-
-
-def _assign_split(clips: list[dict], validation_fraction: float, seed: int) -> None:
-    """Mark a seeded random ``validation_fraction`` of the clips as validation, in place."""
-    count = len(clips)
-    n_validation = 0
-    if count >= 2 and validation_fraction > 0:
-        n_validation = min(count - 1, max(1, round(validation_fraction * count)))
-    order = sorted(range(count), key=lambda i: clips[i]["audio_file"])
-    random.Random(seed).shuffle(order)
-    for i in order[:n_validation]:
-        clips[i]["split"] = "validation"
-
-
-def _csv_bytes(rows: list[dict], voice: str) -> bytes:
-    # csv quoting (only for a text holding a double quote) is what coqui's "coqui"
-    # formatter reads back: csv.DictReader(delimiter="|").
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter="|", lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    writer.writerows((row["audio_file"], row["text"], voice) for row in rows)
-    return buffer.getvalue().encode("utf-8")
 
 
 def _install(out_dir: Path, staging: Path, report: DatasetReport) -> None:
@@ -461,9 +459,5 @@ def _install(out_dir: Path, staging: Path, report: DatasetReport) -> None:
         os.replace(wavs, old)
     os.replace(staging, wavs)
     os.chmod(wavs, 0o755)
-    for split in ("train", "validation"):
-        rows = [c for c in report.per_clip if c["split"] == split]
-        write_bytes_atomic(out_dir / f"{split}.csv", _csv_bytes(rows, report.voice))
-    text = json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n"
-    write_bytes_atomic(out_dir / "report.json", text.encode("utf-8"))
+    dataset_edit.write_metadata(out_dir, report.to_dict())
     shutil.rmtree(old, ignore_errors=True)

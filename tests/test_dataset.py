@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import dataset, transcribe
+from engine import dataset, dataset_edit, transcribe
 from engine.clips import MAX_CLIP_SECONDS, MIN_CLIP_SECONDS, plan_clips
 from engine.dataset import DatasetError, load_clips, prepare_command, prepare_dataset
 from engine.paths import InvalidNameError
@@ -181,7 +181,7 @@ def test_rerun_transcribes_only_new_recordings(
 def test_split_is_seeded_and_keeps_one_validation_clip():
     def split(count, fraction, seed=0):
         clips = [{"audio_file": f"wavs/c_{i:05d}.wav", "split": "train"} for i in range(count)]
-        dataset._assign_split(clips, fraction, seed)
+        dataset_edit.assign_splits(clips, fraction, seed)
         return [c["split"] for c in clips]
 
     assert split(20, 0.15) == split(20, 0.15) and split(20, 0.15).count("validation") == 3
