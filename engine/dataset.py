@@ -73,8 +73,8 @@ class DatasetReport:
 
     Durations in seconds. ``clips`` counts every clip in ``wavs/``; ``train`` and
     ``validation`` those in the csv files, ``excluded`` those the user left out;
-    ``total_seconds`` is the speech in the csv files; ``edited`` counts clips trained on a
-    text other than Whisper's and ``unmatched_edits`` the edits whose clip is gone
+    ``total_seconds`` is the speech in the csv files; ``edited`` counts clips whose text the
+    user saved or had re-transcribed, and ``unmatched_edits`` the edits whose clip is gone
     (:func:`engine.dataset_edit.summarise`). ``skipped``: ``{"file", "reason"}`` per unusable
     recording. ``dropped``: ``{"file", "start", "end", "text", "reason"}`` per stretch of a
     usable recording that made no clip. ``per_clip``: one dict per clip with ``audio_file``,

@@ -190,7 +190,7 @@ def assign_splits(clips: list[dict], validation_fraction: float, seed: int) -> N
 
 def summarise(per_clip: list[dict], edits: dict[str, dict]) -> dict:
     """Counts for report.json: ``clips`` (all, on disk), ``train``, ``validation``, ``excluded``,
-    ``edited`` (clips whose text is not Whisper's first one), ``unmatched_edits`` (edits whose
+    ``edited`` (clips whose text was saved by the user or re-transcribed), ``unmatched_edits`` (edits whose
     clip no longer exists) and ``total_seconds`` (of the train and validation clips)."""
     keys = {clip.get("key") for clip in per_clip}
     return {
@@ -284,8 +284,9 @@ def list_clips(voice: str) -> list[dict]:
 def edit_text(voice: str, audio_file: str, text: str) -> dict:
     """Train ``audio_file`` (``"wavs/<name>.wav"``) on ``text`` instead of Whisper's transcript.
 
-    ``text`` is cleaned (:func:`clean_text`); text equal to Whisper's removes the change.
-    Returns the clip as :func:`list_clips` lists it. Raises DatasetEditError for an unknown
+    ``text`` is cleaned (:func:`clean_text`) and kept even when it equals Whisper's: saving
+    is the user's check of the transcript (the quality report then drops Whisper's
+    low-confidence flags); :func:`revert_text` goes back to Whisper's. Returns the clip as :func:`list_clips` lists it. Raises DatasetEditError for an unknown
     clip or a text with no letter or digit (exclude the clip instead), DatasetBusyError while
     prepare runs.
     """
@@ -295,11 +296,7 @@ def edit_text(voice: str, audio_file: str, text: str) -> dict:
 
     def change(edit: dict, clip: dict) -> None:
         edit.pop("whisper", None)
-        if text == clip["whisper_text"]:
-            edit.pop("text", None)
-            edit.pop("origin", None)
-        else:
-            edit.update(text=text, origin="manual")
+        edit.update(text=text, origin="manual")
 
     return _change(voice, audio_file, change)
 
