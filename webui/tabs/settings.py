@@ -6,6 +6,8 @@ it calls :func:`engine.models.download_base_model` with a plain progress callabl
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
 
 from engine import models, paths, transcribe
@@ -81,8 +83,10 @@ def build(ctx: TabContext) -> dict:
         return text, gr.Button(interactive=bool(accepted) and not ready)
 
     def on_change(directory, backend, whisper_model, accepted):
+        before = dataclasses.asdict(settings)
         apply_settings(settings, directory, backend, whisper_model)
-        ctx.save_settings()
+        if dataclasses.asdict(settings) != before:  # the page filling in its fields on load is no change
+            ctx.save_settings()
         return show_status(directory, accepted)
 
     def on_download(directory, accepted, progress=gr.Progress()):  # noqa: B008 (Gradio's documented pattern)
@@ -95,7 +99,7 @@ def build(ctx: TabContext) -> dict:
     inputs = [ui["base_model"], ui["whisper_backend"], ui["whisper_model"], ui["accept"]]
     status_outputs = [ui["model_status"], ui["download"]]
     gr.on(
-        [ui["base_model"].input, ui["whisper_backend"].input, ui["whisper_model"].input],
+        [ui["base_model"].change, ui["whisper_backend"].change, ui["whisper_model"].change],
         on_change,
         inputs,
         status_outputs,
