@@ -10,6 +10,7 @@ checks every value so a bad file is refused before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -189,10 +190,12 @@ class TrainConfig:
                 "gpus",
                 "must be a count or a list of device ids",
             )
+        unit = self.gradient_accumulation * self.world_size()
+        nearest = sorted({max(unit, self.batch_size // unit * unit), (self.batch_size // unit + 1) * unit})
         need(
-            self.batch_size % (self.gradient_accumulation * self.world_size()) == 0,
+            self.batch_size % unit == 0,
             "batch_size",
-            f"must be divisible by gradient_accumulation x GPUs = {self.gradient_accumulation * self.world_size()}",
+            f"must be divisible by gradient_accumulation x GPUs = {unit}: try {' or '.join(map(str, nearest))}",
         )
         need(self.validate_every >= 0, "validate_every", "must not be negative")
         need(self.save_every >= 1, "save_every", "must be at least 1")
@@ -293,6 +296,73 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def count_dataset_clips(dataset_dir: str | os.PathLike) -> tuple[int, int]:
+    """(training clips, validation clips) listed in a dataset folder's train.csv and
+    validation.csv: the non-empty lines after the header; a missing file counts 0."""
+    counts = []
+    for name in ("train.csv", "validation.csv"):
+        try:
+            lines = Path(dataset_dir, name).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            lines = []
+        counts.append(sum(1 for line in lines[1:] if line.strip()))
+    return counts[0], counts[1]
+
+
+def check_against_dataset(config: TrainConfig, n_train_clips: int, n_validation_clips: int) -> list[str]:
+    """Warnings about ``config`` for a dataset of ``n_train_clips`` / ``n_validation_clips``
+    clips: settings that are valid (``__post_init__`` refuses the invalid ones) but probably
+    not what the user wants. Each warning is one plain sentence naming the field; [] when all
+    looks sensible.
+
+    Steps per epoch are ``ceil(n_train_clips / batch_size)`` (engine.training.loop), and a batch
+    larger than the dataset repeats clips within the step (engine.training.data.epoch_batches).
+    """
+    warnings = []
+    steps_per_epoch = math.ceil(n_train_clips / config.batch_size) if n_train_clips else 0
+    if n_train_clips == 0:
+        warnings.append("The dataset has no training clips yet: build it in the Dataset tab first.")
+    elif config.batch_size > n_train_clips:
+        warnings.append(
+            f"batch_size {config.batch_size} is larger than the {n_train_clips} training clips: each step "
+            f"repeats clips. Use at most {n_train_clips}."
+        )
+    elif steps_per_epoch < 4:
+        warnings.append(
+            f"Only {steps_per_epoch} optimizer step(s) per epoch ({n_train_clips} clips / batch_size "
+            f"{config.batch_size}): the curves will have few points per epoch; a smaller batch_size gives more."
+        )
+    if n_validation_clips == 0:
+        warnings.append(
+            "No validation clips: over-fitting cannot be seen and no best-by-validation checkpoint is kept "
+            "(rebuild the dataset with a validation fraction above 0)."
+        )
+    elif config.validate_every == 0:
+        warnings.append("validate_every is 0: validation never runs, so over-fitting cannot be seen.")
+    elif config.validate_every > config.epochs:
+        warnings.append(
+            f"validate_every {config.validate_every} is more than the {config.epochs} epochs: validation never runs."
+        )
+    if config.save_every > config.epochs:
+        warnings.append(
+            f"save_every {config.save_every} is more than the {config.epochs} epochs: only the final checkpoint "
+            "is saved, so a stop or crash loses the whole run."
+        )
+    if config.milestones and config.gamma == 1:
+        warnings.append("milestones are set but gamma is 1: the learning rate never changes.")
+    if config.max_steps and steps_per_epoch and config.max_steps < steps_per_epoch:
+        warnings.append(
+            f"max_steps {config.max_steps} ends the run before the first epoch ends ({steps_per_epoch} steps): "
+            "no validation or epoch checkpoint before the final save."
+        )
+    if config.learning_rate > 1e-4:
+        warnings.append(
+            f"learning_rate {config.learning_rate:g} is {config.learning_rate / 5e-6:.0f}x coqui's recipe (5e-6): "
+            "expect loss spikes and a voice that drifts."
+        )
+    return warnings
 
 
 def branch_run(

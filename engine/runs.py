@@ -383,6 +383,11 @@ class RunStatus:
     ``checkpoints``: how many complete checkpoints exist. ``samples_per_second``: mean over
     the last train rows; ``eta_seconds``: seconds left at the recent step rate (running only).
     ``hint``: a plain-language hint for a failure, when its cause is recognised.
+    ``epoch_progress``: the epoch position as a float (2.5: half-way through the third epoch);
+    ``epochs``: the planned epochs (train.yaml), None if it cannot be read.
+    ``last_good_step``: after a loss spike, the newest complete checkpoint before it (still on
+    disk), else None. ``failure_lines``: for a failed run, the last lines of the traceback (or
+    of the log when there is none), else "".
     """
 
     voice: str
@@ -399,6 +404,10 @@ class RunStatus:
     samples_per_second: float | None
     eta_seconds: float | None
     hint: str | None = None
+    epoch_progress: float = 0.0
+    epochs: int | None = None
+    last_good_step: int | None = None
+    failure_lines: str = ""
 
 
 def _num(value) -> float | None:
@@ -437,9 +446,9 @@ def _mean_samples_per_second(rows: list[dict]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _batch_size(run_dir: Path) -> int | None:
+def _load_config(run_dir: Path) -> TrainConfig | None:
     try:
-        return TrainConfig.load(run_dir / "train.yaml").batch_size
+        return TrainConfig.load(run_dir / "train.yaml")
     except (OSError, ConfigError):
         return None
 
@@ -465,30 +474,38 @@ def run_status(voice: str, run: str) -> RunStatus:
     state, message = _decide_state(folder, status, pid, latest, has_metrics=bool(rows))
     info = status or {}
     step = _int(info.get("step"))
-    epoch = _int(info.get("epoch"))
+    epoch = _num(info.get("epoch"))
     if step is None or (state == "running" and (_int(last_row.get("step")) or 0) > step):
         step = _int(last_row.get("step"))
-        epoch = _int(last_row.get("epoch")) if _int(last_row.get("epoch")) is not None else epoch
+        epoch = _num(last_row.get("epoch")) if _num(last_row.get("epoch")) is not None else epoch
     if step is None:
         step = latest or 0
     total = _int(info.get("total_steps")) or None
 
     samples_per_second = _mean_samples_per_second(train_rows)
+    config = _load_config(folder)
     eta = None
     if state == "running" and total and step < total:
-        per_step = _seconds_per_step(train_rows[-50:], _batch_size(folder))
+        per_step = _seconds_per_step(train_rows[-50:], config.batch_size if config else None)
         eta = (total - step) * per_step if per_step else None
 
-    hint = None
+    hint, failure = None, ""
     if state == "failed":
         logs = "\n".join(tail_lines(folder / name, 60) for name in (TRAIN_LOG, PROCESS_LOG))
         hint = hint_for_failure(message) or hint_for_failure(logs)
+        failure = failure_excerpt(folder)
+    last_good = _int(info.get("last_good_step"))
+    spikes = [r for r in rows if r.get("event") == "spike"]
+    if spikes and _int(spikes[-1].get("last_good_step")) is not None:
+        last_good = _int(spikes[-1].get("last_good_step"))
+    if last_good is not None and last_good not in {c.step for c in complete}:
+        last_good = None  # pruned or never completed: nothing to branch from
     return RunStatus(
         voice=folder.parent.name,
         run=folder.name,
         state=state,
         step=step,
-        epoch=epoch or 0,
+        epoch=int(epoch or 0),
         total_steps=total,
         message=message,
         exit_code=_int(info.get("exit_code")),
@@ -498,6 +515,10 @@ def run_status(voice: str, run: str) -> RunStatus:
         samples_per_second=samples_per_second,
         eta_seconds=eta,
         hint=hint,
+        epoch_progress=round(epoch or 0.0, 3),
+        epochs=config.epochs if config else None,
+        last_good_step=last_good,
+        failure_lines=failure,
     )
 
 
@@ -540,6 +561,26 @@ def _decide_state(
     if has_metrics:
         return "failed", ENDED_WITHOUT_REPORT
     return "new", "not started"
+
+
+def failure_excerpt(run_dir: str | os.PathLike, lines: int = 12) -> str:
+    """The last lines of the newest Python traceback in ``train.log`` or ``process.log``.
+
+    The trainer logs its traceback to train.log; a crash before its log exists (an import
+    error, a killed interpreter) leaves it in process.log. Returns at most ``lines`` lines
+    ending with the exception line; without a traceback, the last ``lines`` lines of
+    process.log (else train.log); "" when both are missing.
+    """
+    run_dir = Path(run_dir)
+    tails = {name: tail_lines(run_dir / name, 80) for name in (TRAIN_LOG, PROCESS_LOG)}
+    for text in tails.values():
+        found = text.rfind("Traceback (most recent call last)")
+        if found >= 0:
+            return "\n".join(text[found:].splitlines()[-lines:])
+    for name in (PROCESS_LOG, TRAIN_LOG):
+        if tails[name].strip():
+            return "\n".join(tails[name].splitlines()[-lines:])
+    return ""
 
 
 def list_run_statuses(voice: str) -> list[RunStatus]:

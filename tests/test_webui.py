@@ -23,6 +23,9 @@ from webui.tabs import dataset as dataset_tab
 from webui.tabs import generate as generate_tab
 from webui.tabs import settings as settings_tab
 from webui.tabs import training as training_tab
+from webui.tabs import training_form as tform
+from webui.tabs import training_plots as tplots
+from webui.tabs import training_runs as truns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def default_form() -> dict:
     """The Training form's values as the page first shows them."""
     defaults = TrainConfig()
-    return {f.name: training_tab.to_form_value(f.name, getattr(defaults, f.name)) for f in training_tab.form_fields()}
+    return {f.name: tform.to_form_value(f.name, getattr(defaults, f.name)) for f in tform.form_fields()}
 
 
 def write_dataset(voice: str, clips: int = 3) -> Path:
@@ -68,8 +71,9 @@ def test_app_builds_with_tabs_and_stable_ids(timbre_home):
         assert f"tab-{tab}" in ids
     for elem_id in (
         "dataset-voice", "dataset-upload", "dataset-transcribe", "dataset-clips", "dataset-skipped",
-        "training-yaml", "training-start", "training-stop", "training-status", "training-plot-text",
-        "training-plot-mel", "training-plot-validation", "training-log", "train-epochs", "train-batch-size",
+        "training-yaml", "training-start", "training-stop", "training-status", "training-plot", "training-log",
+        "training-run-table", "training-compare", "training-axis", "training-checkpoint", "training-branch",
+        "training-spike-branch", "training-checks", "training-suggestion", "train-epochs", "train-batch-size",
         "generate-run", "generate-checkpoint", "generate-button", "generate-audio", "generate-outputs",
         "settings-base-model", "settings-accept", "settings-download", "settings-license",
     ):  # fmt: skip
@@ -178,94 +182,158 @@ def test_transcription_passes_the_form(timbre_home, monkeypatch):
 
 
 def test_form_covers_every_config_field_once():
-    names = [name for _, fields, _ in training_tab.sections() for name in fields]
-    expected = {f.name for f in dataclasses.fields(TrainConfig)} - set(training_tab.SELECTOR_FIELDS)
+    names = [name for _, fields, _ in tform.sections() for name in fields]
+    expected = {f.name for f in dataclasses.fields(TrainConfig)} - set(tform.SELECTOR_FIELDS)
     assert sorted(names) == sorted(expected)
 
 
 def test_form_to_config_round_trip():
     form = default_form()
-    assert training_tab.form_to_config(form, "anna", "run-1") == TrainConfig(voice="anna", run="run-1")
+    assert tform.form_to_config(form, "anna", "run-1") == TrainConfig(voice="anna", run="run-1")
     form.update(milestones="2, 4", gpus="0, 1", epochs=6.0, batch_size=4, freeze=["text_embedding"], learning_rate=1e-5)
-    config = training_tab.form_to_config(form, "anna", "run-1")
+    config = tform.form_to_config(form, "anna", "run-1")
     assert config.milestones == [2, 4] and config.gpus == [0, 1] and config.epochs == 6
     assert config.freeze == ["text_embedding"] and config.learning_rate == 1e-5
-    assert training_tab.form_to_config({**form, "gpus": "2"}, "anna", "r").gpus == 2
+    assert tform.form_to_config({**form, "gpus": "2"}, "anna", "r").gpus == 2
     with pytest.raises(ConfigError, match="epochs: must be a whole number"):
-        training_tab.form_to_config({**form, "epochs": 2.5}, "anna", "r")
+        tform.form_to_config({**form, "epochs": 2.5}, "anna", "r")
     with pytest.raises(ConfigError, match="milestones"):
-        training_tab.form_to_config({**form, "milestones": "two"}, "anna", "r")
+        tform.form_to_config({**form, "milestones": "two"}, "anna", "r")
 
 
 def test_yaml_preview_shows_the_yaml_or_the_error():
     form = default_form()
-    text = training_tab.yaml_preview({**form, "epochs": 2}, "anna", "run-1")
+    text = tform.yaml_preview({**form, "epochs": 2}, "anna", "run-1")
     assert TrainConfig.from_dict(yaml.safe_load(text)).epochs == 2
-    broken = training_tab.yaml_preview({**form, "batch_size": 3, "gradient_accumulation": 2}, "anna", "run-1")
-    assert broken.startswith("# Not a valid configuration") and "batch_size" in broken
-    assert "invalid run" in training_tab.yaml_preview(form, "anna", "../x")
+    broken = tform.yaml_preview({**form, "batch_size": 3, "gradient_accumulation": 2}, "anna", "run-1")
+    assert broken.startswith("# Not a valid configuration") and "batch_size" in broken and "try 2 or 4" in broken
+    assert "invalid run" in tform.yaml_preview(form, "anna", "../x")
+
+
+def test_config_checks_read_the_dataset(timbre_home):
+    form = default_form()  # batch_size 4, validate_every 1, save_every 1, 10 epochs
+    assert "0 training and 0 validation clips" in tform.config_checks(form, "anna", "r")
+    write_dataset("anna", clips=3)  # 2 training clips, 1 validation clip
+    checks = tform.config_checks(form, "anna", "r")
+    assert "2 training and 1 validation clips" in checks and "larger than the 2 training clips" in checks
+    checks = tform.config_checks({**form, "batch_size": 2, "save_every": 20}, "anna", "r", existing=True)
+    assert "save_every 20" in checks and "Resume" in checks and "larger than" not in checks
+    assert tform.config_checks({**form, "epochs": 0}, "anna", "r").startswith("**Not valid:** epochs")
+    suggestion = tform.batch_suggestion(form, "anna", [])
+    assert (suggestion.batch_size, suggestion.gradient_accumulation) == (2, 1) and "No GPU" in suggestion.reason
 
 
 def test_start_new_run_then_resume(timbre_home, monkeypatch):
     started = []
-    monkeypatch.setattr(training_tab.process, "start_training", lambda path: started.append(Path(path)) or 123)
+    monkeypatch.setattr(truns.process, "start_training", lambda path: started.append(Path(path)) or 123)
     form = {**default_form(), "epochs": 2}
     with pytest.raises(FileNotFoundError, match="no dataset"):
-        training_tab.start_run(form, "anna", "run-1", "/models/tiny")
+        truns.start_run(form, "anna", "run-1", "/models/tiny")
     assert not (timbre_home / "training").exists()
 
     write_dataset("anna")
-    folder, resumed = training_tab.start_run(form, "anna", "run-1", "/models/tiny")
+    folder, resumed = truns.start_run(form, "anna", "run-1", "/models/tiny")
     assert not resumed and folder == paths.run_dir("anna", "run-1")
     config = TrainConfig.load(folder / "train.yaml")
     assert (config.epochs, config.base_model) == (2, "/models/tiny")
 
     # Start on an existing run resumes it with its own train.yaml (the form is not written).
-    folder, resumed = training_tab.start_run({**form, "epochs": 9}, "anna", "run-1", "")
+    folder, resumed = truns.start_run({**form, "epochs": 9}, "anna", "run-1", "")
     assert resumed and TrainConfig.load(folder / "train.yaml").epochs == 2
     assert started == [folder / "train.yaml"] * 2
-    assert training_tab.suggest_run_name("anna") == "run-2"
+    assert truns.suggest_run_name("anna") == "run-2"
 
-
-def test_tail_metrics_reads_from_an_offset(timbre_home):
-    folder = TrainConfig(voice="anna", run="r").save_new().parent
-    rows = [
-        {"step": 1, "epoch": 1, "split": "train", "loss_text_ce": 3.0, "loss_mel_ce": 5.0, "loss": 5.03},
-        {"event": "checkpoint", "step": 1},
-        {"step": 1, "epoch": 1, "split": "validation", "loss_text_ce": 3.1, "loss_mel_ce": 5.1, "loss": 5.13},
-    ]
-    metrics = folder / "metrics.jsonl"
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]) + '{"step": 2, "spl')  # last line half-written
-    tail, grew = training_tab.tail_metrics(None, "anna", "r")
-    assert grew and len(tail["rows"]) == 1 and tail["offset"] > 0
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tail, grew = training_tab.tail_metrics(tail, "anna", "r")
-    assert grew and [r["split"] for r in tail["rows"]] == ["train", "validation"]
-    assert training_tab.tail_metrics(tail, "anna", "r") == (tail, False)
-    # Another run starts from 0.
-    assert training_tab.tail_metrics(tail, "anna", "other")[0] == training_tab.new_tail("anna", "other")
-
-    text, mel, validation = training_tab.loss_frames(tail["rows"])
-    assert list(text["value"]) == [3.0] and list(mel["value"]) == [5.0]
-    assert list(validation["series"]) == ["text CE", "mel CE"] and list(validation["value"]) == [3.1, 5.1]
-    assert training_tab.loss_frames([]) == (None, None, None)  # never an empty frame
+    # A new run from a checkpoint's weights: its own folder, the weights copied, the LR scaled.
+    checkpoint = folder / "checkpoints" / "step-0000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    (checkpoint / "COMPLETE").write_text("")
+    new = truns.branch_and_start("anna", "run-1", "run-1b", "step-0000004", 0.5)
+    assert (new / "init.safetensors").read_bytes() == b"weights" and started[-1] == new / "train.yaml"
+    assert TrainConfig.load(new / "train.yaml").learning_rate == pytest.approx(2.5e-6)
+    with pytest.raises(paths.InvalidNameError):
+        truns.branch_and_start("anna", "run-1", "../x", "latest", 1.0)
 
 
 def test_monitor_and_status_line(timbre_home):
-    assert training_tab.monitor(None, None)[2] is False
-    assert "new run" in training_tab.monitor("anna", "r")[0]
-    assert "invalid run name" in training_tab.monitor("anna", "run.")[0]  # typed half-way: no error toast
-    assert training_tab.tail_metrics(None, "anna", "../x") == (training_tab.new_tail("anna", "../x"), False)
+    assert truns.monitor(None, None)[2] is None
+    assert "new run" in truns.monitor("anna", "r")[0]
+    assert "invalid run name" in truns.monitor("anna", "run.")[0]  # typed half-way: no error toast
     config = TrainConfig(voice="anna", run="r")
     folder = config.save_new().parent
-    runs.write_status(folder, {"state": "failed", "step": 3, "epoch": 1, "message": "CUDA out of memory"})
-    status, log, running = training_tab.monitor("anna", "r")
-    assert status.startswith("**failed**") and "step 3" in status and "Hint:" in status
-    assert running is False and log == ""
-    line = training_tab.describe_status(
-        runs.RunStatus("anna", "r", "running", 5, 1, 10, "training", None, 1, 4, 1, 2.0, 75.0)
+    runs.write_status(
+        folder, {"state": "failed", "step": 3, "epoch": 1, "message": "CUDA out of memory", "exit_code": 1}
     )
-    assert line.startswith("**running** · step 5 / 10 · epoch 1 · ETA 0:01:15 · latest checkpoint step-0000004")
+    (folder / "train.log").write_text("step 3\ntraining failed:\nTraceback (most recent call last):\n  File x\nOOM\n")
+    text, log, status = truns.monitor("anna", "r")
+    assert text.startswith("**failed** · exit code 1 · step 3") and "Hint:" in text
+    assert "```text\nTraceback (most recent call last):\n  File x\nOOM\n```" in text
+    assert status.state == "failed" and "training failed" in log
+    status = runs.RunStatus("anna", "r", "running", 5, 1, 10, "training", None, 1, 4, 1, 2.0, 75.0, epoch_progress=1.5)
+    line = truns.describe_status(dataclasses.replace(status, epochs=4), best=(4, 1.25))
+    assert line.startswith(
+        "**running** · step 5 / 10 · epoch 1.5 / 4 · 2.0 samples/s · ETA 0:01:15 · latest checkpoint step-0000004"
+    )
+    assert "Best validation loss 1.2500 at step-0000004" in line
+
+
+def test_runs_table_and_checkpoint_choices(timbre_home):
+    first = TrainConfig(voice="anna", run="a").save_new().parent
+    TrainConfig(voice="anna", run="b").save_new()
+    for step in (2, 4, 6):
+        (first / "checkpoints" / runs.checkpoint_name(step)).mkdir(parents=True)
+        (first / "checkpoints" / runs.checkpoint_name(step) / "COMPLETE").write_text("")
+    runs.write_status(first, {"state": "stopped", "step": 6, "epoch": 3.0, "message": "stopped at step 6"})
+    table = truns.runs_table("anna")
+    assert list(table["run"]) == ["a", "b"] and list(table["state"]) == ["stopped", "new"]
+    assert table["checkpoint"][0] == "step-0000006" and "resumable" in table["note"][0]
+    assert truns.checkpoint_choices("anna", "a", best_step=4, last_good_step=2) == [
+        ("step-0000006 (newest)", "step-0000006"),
+        ("step-0000004 (best validation)", "step-0000004"),
+        ("step-0000002 (last good before a spike)", "step-0000002"),
+    ]
+    assert truns.checkpoint_choices("anna", "nope") == [] and truns.runs_table("../x").empty
+
+
+def test_refresh_sends_only_what_changed(timbre_home):
+    write_dataset("anna")
+    folder = TrainConfig(voice="anna", run="r").save_new().parent
+    ui = {name: name for name in ("view", "plot", "status", "log", "run_table", "start", "stop", "checkpoint",
+                                  "spike", "config_box", "compare", "branch_name")}  # fmt: skip
+    view = training_tab.new_view()
+    out = training_tab.refresh(ui, view, "anna", "r", [], "step")
+    assert "No metrics yet" in out["plot"] and "**new**" in out["status"] and out["start"].value == "Resume"
+    assert set(training_tab.refresh(ui, view, "anna", "r", [], "step")) == {"view"}  # nothing changed
+
+    row = {"step": 1, "epoch": 0.5, "split": "train", "loss_text_ce": 3.0, "loss_mel_ce": 5.0, "lr": 1e-5}
+    (folder / "metrics.jsonl").write_text(json.dumps({**row, "grad_norm": 0.7}) + "\n")
+    out = training_tab.refresh(ui, view, "anna", "r", [], "step")
+    assert 'data-last-step="1"' in out["plot"] and 'id="curve-r-mel_ce-train"' in out["plot"]
+    out = training_tab.refresh(ui, view, "anna", "r", ["r", "missing"], "epoch")  # a new selection redraws
+    assert 'data-runs="r"' in out["plot"] and 'data-axis="epoch"' in out["plot"]
+
+
+def test_plot_html_marks_events(tmp_path):
+    from engine.metrics import RunSeries
+
+    rows = [{"step": s, "epoch": s / 4, "split": "train", "loss_text_ce": 3.0, "loss_mel_ce": 5.0 - s / 10,
+             "lr": 1e-5, "grad_norm": 1.0} for s in range(1, 41)]  # fmt: skip
+    rows += [
+        {"event": "checkpoint", "step": 8, "epoch": 2.0},
+        {"event": "spike", "step": 9, "epoch": 2.25, "loss": 20.0, "last_good_step": 8},
+        {"event": "skipped_step", "step": 10, "epoch": 2.5},
+        {"step": 8, "epoch": 2.0, "split": "validation", "loss_text_ce": 3.1, "loss_mel_ce": 4.0, "loss": 4.03},
+    ]
+    series = RunSeries()
+    series.add_rows(rows)
+    html = tplots.plot_html({"run 1": series, "other": RunSeries()}, "step")
+    for gid in ("curve-run_1-mel_ce-train", "curve-run_1-mel_ce-smooth", "curve-run_1-text_ce-validation",
+                "curve-run_1-lr-train", "curve-run_1-grad_norm-train", "marks-run_1-spike", "marks-run_1-skipped",
+                "marks-run_1-checkpoint-mel_ce", "marks-run_1-best"):  # fmt: skip
+        assert f'id="{gid}"' in html, gid
+    assert 'data-points="41"' in html and 'data-runs="run 1,other"' in html
+    assert "<svg" in html and 'width="100%"' in html
+    assert "No metrics yet" in tplots.plot_html({"r": RunSeries()})
 
 
 # --- Generate tab ----------------------------------------------------------------------------

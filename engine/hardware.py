@@ -1,0 +1,136 @@
+"""GPU memory on this machine, and the batch size and gradient accumulation it suggests.
+
+The rule of thumb (:func:`micro_batch_for_memory`) is fitted to what XTTS-v2 users report for
+GPT fine-tuning at fp32 with ~11 s clips, not measured here (no GPU was available):
+
+- coqui's recipe (``recipes/ljspeech/xtts_v2/train_gpt_xtts.py``) uses micro-batch 3 with
+  gradient accumulation 84, and its maintainers note that fine-tuning did not yet fit in
+  16 GB and that they use batch 8 x accumulation 1 internally (coqui-ai/TTS pull request 3086);
+- on 12 GB cards micro-batch 2 (x accumulation 2) or 4 x 2 runs and 8 does not
+  (daswer123/xtts-finetune-webui issues 41 and 70); batch 1 with 20 s clips takes 10.9 GB on
+  an RTX 3060 (erew123/alltalk_tts issue 241).
+
+Hence: about 5 GiB for the GPT's weights, gradients and AdamW state plus about 3 GiB per clip
+of the micro-batch at fp32 (about 2 GiB with bf16/fp16 autocast). Our loop holds less than
+coqui's trainer (no DVAE or HiFi-GAN on the GPU, cached features), so the rule errs on the
+safe side; the trainer also halves the micro-batch by itself on CUDA out of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+
+#: GiB the GPT's weights, gradients and AdamW state take at fp32 (about 380 M parameters x 16 bytes).
+STATIC_GIB = 5.0
+#: GiB of activations per clip of the micro-batch, at fp32 and with bf16/fp16 autocast.
+PER_CLIP_GIB = {"fp32": 3.0, "bf16": 2.0, "fp16": 2.0}
+#: The largest micro-batch suggested: beyond it a step is slower per clip on small datasets.
+MAX_MICRO_BATCH = 16
+#: The effective batch aimed at when memory allows less: coqui's internal 8 x 1 (pull request 3086).
+TARGET_BATCH = 8
+CPU_BATCH = 2
+_GIB = 1024**3
+
+_PROBE = (
+    "import json, torch\n"
+    "print(json.dumps([[i, torch.cuda.get_device_name(i), *torch.cuda.mem_get_info(i)]"
+    " for i in range(torch.cuda.device_count())]))"
+)
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """One CUDA device: its index, name, and free and total memory in bytes."""
+
+    index: int
+    name: str
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def free_gib(self) -> float:
+        return self.free_bytes / _GIB
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / _GIB
+
+
+@dataclass(frozen=True)
+class BatchSuggestion:
+    """A suggested ``batch_size`` (global), ``gradient_accumulation`` and ``gpus`` count, with
+    ``reason``: one or two sentences saying what was found and why."""
+
+    batch_size: int
+    gradient_accumulation: int
+    gpus: int
+    reason: str
+
+
+def gpu_memory(timeout: float = 60.0) -> list[GpuMemory]:
+    """Free and total memory of each CUDA device ([] when torch sees none).
+
+    ``torch.cuda.mem_get_info`` creates a CUDA context (about 0.5 GB per device) that lives as
+    long as its process, so it runs in a short child process: the web app keeps no context
+    the trainer could need. Raises RuntimeError if that probe fails or takes over ``timeout`` s.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, check=True
+        )
+        rows = json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        raise RuntimeError(f"cannot read the GPU memory: {exc}") from exc
+    return [GpuMemory(int(i), str(name), int(free), int(total)) for i, name, free, total in rows]
+
+
+def micro_batch_for_memory(free_gib: float, precision: str = "fp32") -> int:
+    """Clips per forward pass that fit in ``free_gib`` GiB of one GPU (at least 1): the rule of
+    thumb of this module's docstring, ``(free - 5 GiB) / (3 GiB per clip at fp32, 2 with
+    bf16/fp16)``, capped at :data:`MAX_MICRO_BATCH`."""
+    per_clip = PER_CLIP_GIB.get(precision, PER_CLIP_GIB["fp32"])
+    return max(1, min(MAX_MICRO_BATCH, math.floor((free_gib - STATIC_GIB) / per_clip)))
+
+
+def suggest_batch(gpus: list[GpuMemory], n_train_clips: int, precision: str = "fp32") -> BatchSuggestion:
+    """The batch size and gradient accumulation to suggest for ``gpus`` and a dataset of
+    ``n_train_clips`` training clips.
+
+    The micro-batch is what the GPU with the least free memory fits
+    (:func:`micro_batch_for_memory`); accumulation raises the effective batch toward
+    :data:`TARGET_BATCH`; the batch stays at most half the training clips (at least two steps
+    per epoch) when the dataset allows. Without a GPU: batch 2, accumulation 1, on the CPU.
+    """
+    if not gpus:
+        return BatchSuggestion(
+            CPU_BATCH,
+            1,
+            0,
+            f"No GPU found: training runs on the CPU, which is very slow with the real XTTS-v2 model. "
+            f"Suggested batch_size {CPU_BATCH}, gradient_accumulation 1.",
+        )
+    world = len(gpus)
+    smallest = min(gpus, key=lambda g: g.free_bytes)
+    micro = micro_batch_for_memory(smallest.free_gib, precision)
+    if n_train_clips >= 2:
+        micro = max(1, min(micro, n_train_clips // (2 * world)))
+    accumulation = max(1, math.ceil(TARGET_BATCH / (micro * world)))
+    if n_train_clips >= 2:
+        while accumulation > 1 and micro * world * accumulation > n_train_clips // 2:
+            accumulation -= 1
+    batch = micro * world * accumulation
+    found = ", ".join(f"GPU {g.index} {g.name}: {g.free_gib:.1f} of {g.total_gib:.1f} GiB free" for g in gpus)
+    reason = (
+        f"{found}. About {micro} clip(s) per GPU fit at {precision} (rule of thumb: 5 GiB + "
+        f"{PER_CLIP_GIB.get(precision, 3.0):g} GiB per clip); suggested batch_size {batch} = "
+        f"{micro} x {accumulation} accumulation x {world} GPU(s)."
+    )
+    return BatchSuggestion(batch, accumulation, world, reason)

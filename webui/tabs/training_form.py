@@ -1,0 +1,189 @@
+"""Training tab, part 1: the configuration form, its YAML preview and its checks.
+
+The form is generated from ``TrainConfig``: one component per field (defaults from the
+dataclass, help text from ``FIELD_HELP``), grouped in :data:`SECTIONS`. :func:`form_to_config`
+builds the dataclass from the form's values; its ``__post_init__`` refuses invalid values and
+:func:`engine.config.check_against_dataset` warns about valid but doubtful ones. The batch
+suggestion comes from :mod:`engine.hardware` (the GPU memory found, or none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import gradio as gr
+
+from engine import hardware, paths
+from engine.config import (
+    FIELD_HELP,
+    FREEZE_GROUPS,
+    PRECISIONS,
+    ConfigError,
+    TrainConfig,
+    check_against_dataset,
+    count_dataset_clips,
+)
+from engine.models import LANGUAGES
+from webui.tabs import TabContext
+
+#: Form layout: (section title, fields, open). Fields not named here land in "Other".
+SECTIONS = (
+    ("Schedule", ("epochs", "max_steps", "learning_rate", "milestones", "gamma", "weight_decay"), True),
+    ("Batch and hardware", ("batch_size", "gradient_accumulation", "gpus", "precision", "num_workers"), True),
+    ("Losses", ("text_loss_weight", "mel_loss_weight", "max_grad_norm", "freeze"), False),
+    ("Validation and checkpoints", ("validate_every", "save_every", "keep_checkpoints"), False),
+    ("Data", ("language", "max_text_tokens", "min_audio_seconds", "max_audio_seconds", "seed"), False),
+    ("Model", ("base_model", "init_weights"), False),
+)
+#: Fields set by the voice and run selectors above the form.
+SELECTOR_FIELDS = ("voice", "run")
+LABELS = {"gpus": "GPUs", "max_steps": "Max steps", "init_weights": "Start from weights"}
+
+
+def form_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields the form edits (all but voice and run)."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.name not in SELECTOR_FIELDS]
+
+
+def sections() -> list[tuple[str, list[str], bool]]:
+    """:data:`SECTIONS` plus an "Other" section for fields it does not name."""
+    known = {name for _, names, _ in SECTIONS for name in names}
+    present = {f.name for f in form_fields()}
+    out = [(title, [n for n in names if n in present], is_open) for title, names, is_open in SECTIONS]
+    other = [f.name for f in form_fields() if f.name not in known]
+    return out + ([("Other", other, False)] if other else [])
+
+
+def _hint(name: str):
+    return typing.get_type_hints(TrainConfig)[name]
+
+
+def to_form_value(name: str, value):
+    """A TrainConfig value as its form component shows it (lists become comma-separated text)."""
+    if name == "freeze":
+        return list(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return value
+
+
+def _parse(name: str, value):
+    hint = _hint(name)
+    if name == "freeze":
+        return list(value or [])
+    if hint in (int, float):
+        if value is None or value == "":
+            raise ConfigError(f"{name}: required")
+        number = float(value)
+        if hint is int:
+            if not number.is_integer():
+                raise ConfigError(f"{name}: must be a whole number (got {value!r})")
+            return int(number)
+        return number
+    if hint is str:
+        return (value or "").strip()
+    # list[int] or int | list[int], typed as text: "1" or "0, 1"
+    text = str(value or "").strip().strip("[]")
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        numbers = [int(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"{name}: expected whole numbers separated by commas (got {value!r})") from None
+    if typing.get_origin(hint) is list:
+        return numbers
+    return numbers[0] if len(numbers) == 1 and "," not in text else numbers
+
+
+def form_to_config(form: dict, voice: str | None, run: str | None) -> TrainConfig:
+    """Build the TrainConfig of the form's values; raises ConfigError naming the bad field."""
+    values = {f.name: _parse(f.name, form[f.name]) for f in form_fields() if f.name in form}
+    return TrainConfig(voice=(voice or "").strip(), run=(run or "").strip(), **values)
+
+
+def yaml_preview(form: dict, voice: str | None, run: str | None) -> str:
+    """The train.yaml the form would write, or the ConfigError as a YAML comment."""
+    try:
+        return form_to_config(form, voice, run).to_yaml()
+    except (ConfigError, TypeError, ValueError) as exc:
+        return f"# Not a valid configuration:\n# {exc}\n"
+
+
+def dataset_counts(voice: str | None) -> tuple[int, int] | None:
+    """(training clips, validation clips) of the voice's dataset, None for no or a bad voice name."""
+    try:
+        return count_dataset_clips(paths.dataset_dir(voice or ""))
+    except paths.InvalidNameError:
+        return None
+
+
+def config_checks(form: dict, voice: str | None, run: str | None, existing: bool = False) -> str:
+    """Markdown for the box under the YAML: the error that makes the form invalid, or the
+    warnings of :func:`engine.config.check_against_dataset`, or "Checks passed"."""
+    try:
+        config = form_to_config(form, voice, run)
+    except (ConfigError, TypeError, ValueError) as exc:
+        return f"**Not valid:** {exc}"
+    lines = []
+    if existing:
+        lines.append(
+            "This run exists: **Resume** keeps its own train.yaml. To train with other settings, start "
+            "a new run (a new name) or a new run from its weights."
+        )
+    counts = dataset_counts(voice)
+    if counts is None:
+        return "\n\n".join(lines) or "Choose a voice."
+    n_train, n_validation = counts
+    warnings = check_against_dataset(config, n_train, n_validation)
+    lines.append(f"Dataset: {n_train} training and {n_validation} validation clips.")
+    lines += [f"⚠ {w}" for w in warnings] or ["✓ Checks passed."]
+    return "\n\n".join(lines)
+
+
+def batch_suggestion(form: dict, voice: str | None, gpus: list[hardware.GpuMemory]) -> hardware.BatchSuggestion:
+    """The batch suggestion for the GPUs found and the voice's training clips (engine.hardware)."""
+    counts = dataset_counts(voice) or (0, 0)
+    precision = form.get("precision") if form.get("precision") in PRECISIONS else "fp32"
+    return hardware.suggest_batch(gpus, counts[0], precision)
+
+
+def field_component(field: dataclasses.Field, ctx: TabContext):
+    """The form component of one TrainConfig field, its help text from FIELD_HELP."""
+    name, hint = field.name, _hint(field.name)
+    default = to_form_value(name, getattr(TrainConfig(), name))
+    common = {"label": LABELS.get(name, name.replace("_", " ").capitalize()), "info": FIELD_HELP.get(name) or None}
+    common["elem_id"] = f"train-{name.replace('_', '-')}"
+    common["min_width"] = 200
+    if name == "precision":
+        return gr.Dropdown(list(PRECISIONS), value=default, **common)
+    if name == "freeze":
+        return gr.CheckboxGroup(list(FREEZE_GROUPS), value=default, **common)
+    if name == "language":
+        return gr.Dropdown(list(LANGUAGES), value=default, allow_custom_value=True, **common)
+    if name == "base_model":
+        return gr.Textbox(value=lambda: ctx.settings.base_model, placeholder="models/xtts-v2/", **common)
+    if hint in (int, float):
+        return gr.Number(value=default, precision=0 if hint is int else None, **common)
+    return gr.Textbox(value=default, **common)
+
+
+def build_form(ctx: TabContext, ui: dict) -> None:
+    """The form (accordions of fields) beside the YAML preview, the checks and the batch
+    suggestion; adds its components to ``ui`` (fields under ``ui["form"]``)."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            for title, names, is_open in sections():
+                with gr.Accordion(title, open=is_open), gr.Row():
+                    for field in form_fields():
+                        if field.name in names:
+                            ui["form"][field.name] = field_component(field, ctx)
+        with gr.Column(scale=2):
+            ui["yaml"] = gr.Code(
+                language="yaml", label="train.yaml", interactive=False, max_lines=30, elem_id="training-yaml"
+            )
+            ui["checks"] = gr.Markdown(elem_id="training-checks")
+            with gr.Group():
+                ui["suggestion"] = gr.Markdown(elem_id="training-suggestion")
+                ui["apply_suggestion"] = gr.Button(
+                    "Use the suggested batch", size="sm", elem_id="training-apply-suggestion"
+                )
