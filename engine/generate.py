@@ -1,18 +1,20 @@
-"""Speech with a voice: the base XTTS-v2 model, optionally with a run's fine-tuned GPT weights,
-conditioned on the voice's own recordings.
+"""Speech with a voice: the base XTTS-v2 model, a run's fine-tuned GPT weights, or an imported
+model, conditioned on reference clips of the voice.
 
-``Synthesizer`` keeps the loaded model: switching to another run or checkpoint reloads only the
-GPT weights, and conditioning latents are computed once per (references, weights) and cached.
-Outputs go to ``outputs/<voice>/`` as 24 kHz 16-bit WAV with a JSON file of their settings beside.
+``Synthesizer`` keeps the loaded model: switching to another run, checkpoint or compatible
+imported model reloads only the GPT weights, and conditioning latents are computed once per
+(references, weights) and cached in memory and on disk (:mod:`engine.conditioning`).
+Outputs go to ``outputs/<voice>/`` as 24 kHz 16-bit WAV with a JSON file of their settings
+beside (:func:`list_outputs`, :func:`read_output`); a past output's JSON holds everything needed
+to generate it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,14 +22,25 @@ import torch
 from safetensors.torch import load_file
 
 from engine import audio as audio_io
-from engine import models, paths, runs
+from engine import conditioning, models, paths
+from engine.conditioning import ConditioningError
+from engine.weights import (
+    BASE_MODEL,
+    IMPORTED_PREFIX,
+    GenerationError,
+    ModelWeights,
+    architecture,
+    checkpoint_weights,
+    imported_model_dir,
+    imported_models_dir,
+    list_imported_models,
+    read_state_dict,
+    resolve_model,
+    run_base_model,
+)
 
-#: The base model's own weights, instead of a run.
-BASE_MODEL = "base model"
-
-
-class GenerationError(ValueError):
-    """Generation cannot run (no reference audio, empty text, unknown run or checkpoint)."""
+#: Codes per streamed chunk (coqui's ``inference_stream`` default: 20 codes, about 0.93 s).
+STREAM_CHUNK_CODES = 20
 
 
 def _setting(default, help: str):
@@ -66,38 +79,23 @@ class GenerationSettings:
             raise GenerationError(f"top_k must be at least 1, got {self.top_k}")
         if not 0.25 <= self.speed <= 4:
             raise GenerationError(f"speed must be in [0.25, 4], got {self.speed}")
+        if self.max_seconds < 0:
+            raise GenerationError(f"max_seconds must not be negative, got {self.max_seconds}")
+
+    def inference_kwargs(self) -> dict:
+        """Keyword arguments of coqui's ``Xtts.inference`` / ``inference_stream`` (without the seed).
+        ``max_seconds`` becomes ``max_new_tokens`` at 22050 / 1024 ≈ 21.5 codes per second."""
+        extra = {}
+        if self.max_seconds:
+            extra["max_new_tokens"] = max(1, int(self.max_seconds * models.SAMPLE_RATE / models.CODE_STRIDE))
+        return dict(
+            temperature=self.temperature, length_penalty=self.length_penalty,
+            repetition_penalty=self.repetition_penalty, top_k=self.top_k, top_p=self.top_p,
+            speed=self.speed, enable_text_splitting=self.split_sentences, **extra,
+        )  # fmt: skip
 
 
 GENERATION_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(GenerationSettings)}
-
-
-def reference_files(voice: str) -> list[Path]:
-    """The voice's recordings in ``voices/<voice>/`` (reference clips), sorted by name."""
-    folder = paths.voice_dir(voice)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in audio_io.SUPPORTED_EXTENSIONS)
-
-
-def checkpoint_weights(voice: str, run: str | None, checkpoint: str = "latest") -> Path | None:
-    """``model.safetensors`` of a run's checkpoint (None for the base model). Raises GenerationError."""
-    if not run or run == BASE_MODEL:
-        return None
-    run_dir = paths.run_dir(voice, run)
-    if not run_dir.is_dir():
-        raise GenerationError(f"voice {voice!r} has no run {run!r}")
-    try:
-        info = runs.find_checkpoint(run_dir, checkpoint or "latest")
-    except (FileNotFoundError, ValueError) as exc:
-        raise GenerationError(str(exc)) from None
-    return info.path / "model.safetensors"
-
-
-def run_base_model(voice: str, run: str) -> Path:
-    """The base-model folder a run was trained from (its train.yaml), which its weights need."""
-    from engine.config import TrainConfig
-
-    return TrainConfig.load(paths.run_dir(voice, run) / "train.yaml").base_model_dir()
 
 
 class Synthesizer:
@@ -106,91 +104,267 @@ class Synthesizer:
     Args:
         base_model: the base-model folder (default models/xtts-v2/).
         device: "cpu", "cuda" or None for CUDA when available.
+
+    ``loads`` counts full model loads (the decoder and everything); GPT switches do not count.
     """
 
     def __init__(self, base_model: str | Path | None = None, device: str | None = None):
         self.base_model = Path(base_model) if base_model else paths.default_base_model_dir()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = None
-        self.weights: Path | None = None
+        self.model_dir: Path | None = None
+        self.weights: ModelWeights | None = None
+        self.loads = 0
+        self._weights_identity: str | None = None
+        self._base_gpt: dict[str, torch.Tensor] = {}
+        self._shares_decoder: dict[Path, bool] = {}
         self._latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def load(self, weights: Path | None, log: Callable[[str], None] = print):
-        """Load the base model once, then the GPT weights of ``weights`` (None: base weights)."""
-        if self.model is None:
-            log(f"loading the base model from {self.base_model}")
-            self.model = models.load_xtts(self.base_model, device=self.device, eval=True)
-            self._base_gpt = {k: v.detach().clone() for k, v in self.model.gpt.state_dict().items()}
-        if weights != self.weights:
-            state = self._base_gpt if weights is None else load_file(str(weights), device=str(self.device))
-            missing, unexpected = self.model.gpt.load_state_dict(state, strict=False)
-            # The inference wrapper shares the trained modules under other names; nothing else may be missing.
-            bad = [k for k in missing if not k.startswith(("gpt_inference.", "gpt.wte."))]
-            if bad or unexpected:
-                raise GenerationError(f"{weights}: does not match the base model's GPT ({(bad + unexpected)[:5]})")
+    def load(self, weights: ModelWeights | Path | None = None, log: Callable[[str], None] = print):
+        """Make ``weights`` speak; returns the coqui ``Xtts``.
+
+        ``weights`` is a :class:`ModelWeights`, or (older form) a run's ``model.safetensors`` /
+        None for the base model's own GPT. The full model is loaded once; afterwards only GPT
+        weights are swapped, also for another model folder (an imported model) whose
+        architecture, tokenizer, mel statistics and non-GPT weights equal the loaded ones;
+        anything else is loaded in full. Raises GenerationError, models.BaseModelError.
+        """
+        if not isinstance(weights, ModelWeights):
+            weights = ModelWeights(self.base_model, Path(weights) if weights else None)
+        identity = weights.identity() if (weights.gpt or weights.model_dir / "model.pth").is_file() else None
+        if self.model is not None and identity == self._weights_identity:
             self.weights = weights
-            log(f"using {'the base model weights' if weights is None else weights}")
+            return self.model
+        folder_gpt = None
+        if self.model is not None and weights.model_dir != self.model_dir:
+            folder_gpt = self._gpt_if_interchangeable(weights.model_dir)
+        if self.model is None or (weights.model_dir != self.model_dir and folder_gpt is None):
+            log(f"loading the model from {weights.model_dir}")
+            self.model = None
+            self._latents.clear()
+            self.model = models.load_xtts(weights.model_dir, device=self.device, eval=True)
+            self.model_dir, self.loads = weights.model_dir, self.loads + 1
+            self._base_gpt = {k: v.detach().clone() for k, v in self.model.gpt.state_dict().items()}
+            self._shares_decoder = {weights.model_dir: True}
+            self._weights_identity = conditioning.file_identity(weights.model_dir / "model.pth")
+        if identity != self._weights_identity:
+            if weights.gpt is not None:
+                state = load_file(str(weights.gpt), device=str(self.device))
+            elif weights.model_dir == self.model_dir:
+                state = self._base_gpt
+            else:
+                state = folder_gpt
+            self._load_gpt(state, weights.gpt or weights.model_dir / "model.pth")
+            self._weights_identity = identity
+            log(f"using the GPT weights of {weights.model}" + (f" {weights.checkpoint}" if weights.checkpoint else ""))
+        self.weights = weights
         return self.model
+
+    def _load_gpt(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        missing, unexpected = self.model.gpt.load_state_dict(state, strict=False)
+        # The inference wrapper shares the trained modules under other names; nothing else may be missing.
+        bad = [k for k in missing if not k.startswith(("gpt_inference.", "gpt.wte."))]
+        if bad or unexpected:
+            raise GenerationError(f"{source}: does not match the loaded model's GPT ({(bad + unexpected)[:5]})")
+
+    def _gpt_if_interchangeable(self, model_dir: Path) -> dict[str, torch.Tensor] | None:
+        """The GPT weights of ``model_dir/model.pth`` when everything else in it equals the loaded
+        model (so only the GPT needs loading), else None. The answer is remembered per folder."""
+        known = self._shares_decoder.get(model_dir)
+        if known is False:
+            return None
+        if known:
+            state = read_state_dict(model_dir / "model.pth")
+            return {k[4:]: v for k, v in state.items() if k.startswith("gpt.")}
+        try:
+            same = (
+                architecture(model_dir) == architecture(self.model_dir)
+                and (model_dir / "vocab.json").read_bytes() == (self.model_dir / "vocab.json").read_bytes()
+                and torch.equal(models.load_mel_stats(model_dir), self.model.mel_stats.cpu())
+            )
+            state = read_state_dict(model_dir / "model.pth") if same else {}
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise models.BaseModelError(f"{model_dir}: cannot be read as an XTTS-v2 model: {exc}") from None
+        if same:
+            loaded = self.model.state_dict()
+            for key, value in state.items():
+                if key.startswith("gpt.") or key == "mel_stats":
+                    continue
+                mine = loaded.get(key)
+                if mine is None or mine.shape != value.shape or not torch.equal(mine.cpu(), value):
+                    same = False
+                    break
+        self._shares_decoder[model_dir] = same
+        return {k[4:]: v for k, v in state.items() if k.startswith("gpt.")} if same else None
 
     def unload(self) -> None:
         """Free the model (before training needs the GPU)."""
         self.model = None
+        self.model_dir = None
         self.weights = None
+        self._weights_identity = None
+        self._base_gpt = {}
         self._latents.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def conditioning(self, references: list[Path], log: Callable[[str], None] = print):
-        """GPT conditioning latents (1, 32, width) and speaker embedding (1, 512, 1) from the
-        reference recordings (up to 30 s, in 6 s chunks, as coqui's ``get_conditioning_latents``).
-        Cached per reference files and GPT weights. Raises GenerationError when none is usable."""
-        key = hashlib.sha256(
-            json.dumps(
-                [str(self.weights)] + [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in references]
-            ).encode()
-        ).hexdigest()
+    def conditioning(self, references: list[Path], cache_dir: Path | None = None, log: Callable[[str], None] = print):
+        """GPT conditioning latents (1, 32, width) and speaker embedding (1, 512, 1) of the
+        reference files under the loaded GPT weights (:func:`engine.conditioning.compute_latents`).
+
+        Cached in memory, and in ``cache_dir`` (``outputs/<voice>/.latents/``) when given, by
+        :func:`engine.conditioning.latents_key`. Raises ConditioningError when no file is usable.
+        """
+        if self.model is None:
+            raise GenerationError("load a model before computing conditioning latents")
+        key = conditioning.latents_key(references, self._weights_identity)
         if key in self._latents:
             return self._latents[key]
-        clips, embeddings = [], []
-        for path in references:
-            try:
-                clip = audio_io.load_audio(path, models.SAMPLE_RATE)
-            except audio_io.AudioError as exc:
-                log(f"reference skipped: {exc}")
-                continue
-            clip = clip[: models.SAMPLE_RATE * 30].unsqueeze(0).to(self.device)
-            clips.append(clip)
-            embeddings.append(self.model.get_speaker_embedding(clip, models.SAMPLE_RATE))
-        if not clips:
-            raise GenerationError("no usable reference recording: add recordings of the voice first")
-        latents = self.model.get_gpt_cond_latents(
-            torch.cat(clips, dim=-1), models.SAMPLE_RATE, length=30, chunk_length=6
-        )
-        result = (latents, torch.stack(embeddings).mean(dim=0))
+        cache_file = cache_dir / f"{key}.pt" if cache_dir else None
+        result = conditioning.load_cached(cache_file, self.device) if cache_file else None
+        if result is None:
+            log(f"computing conditioning latents from {len(references)} reference clip(s)")
+            result = conditioning.compute_latents(self.model, references, log=log)
+            if cache_file:
+                info = {"weights": self._weights_identity, "references": [str(p) for p in references]}
+                conditioning.save_cached(cache_file, *result, info)
         self._latents[key] = result
         return result
 
-    def synthesize(self, text: str, references: list[Path], weights: Path | None, settings: GenerationSettings,
-                   language: str = "en", log: Callable[[str], None] = print) -> torch.Tensor:  # fmt: skip
-        """Speech for ``text``: a 1-D float32 tensor at 24 kHz. Raises GenerationError."""
-        text = text.strip()
-        if not text:
-            raise GenerationError("the text is empty")
-        model = self.load(weights, log=log)
-        latents, speaker = self.conditioning(references, log=log)
-        extra = {}
-        if settings.max_seconds:
-            extra["max_new_tokens"] = max(1, int(settings.max_seconds * models.SAMPLE_RATE / models.CODE_STRIDE))
-        torch.manual_seed(settings.seed)
+    def synthesize(self, text: str, latents: tuple[torch.Tensor, torch.Tensor], settings: GenerationSettings,
+                   language: str = "en") -> torch.Tensor:  # fmt: skip
+        """Speech for ``text`` with the loaded weights: a 1-D float32 tensor at 24 kHz.
+
+        ``latents`` is :meth:`conditioning`'s result; the seed is ``settings.seed``.
+        Raises GenerationError for empty text."""
+        text = _check_text(text)
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
         with torch.inference_mode():
-            out = model.inference(
-                text, language, latents, speaker,
-                temperature=settings.temperature, length_penalty=settings.length_penalty,
-                repetition_penalty=settings.repetition_penalty, top_k=settings.top_k, top_p=settings.top_p,
-                speed=settings.speed, enable_text_splitting=settings.split_sentences, **extra,
-            )  # fmt: skip
+            out = self.model.inference(text, language, *latents, **settings.inference_kwargs())
         wav = out["wav"]
         return (wav if isinstance(wav, torch.Tensor) else torch.as_tensor(wav)).detach().float().cpu().flatten()
+
+    def stream(self, text: str, latents: tuple[torch.Tensor, torch.Tensor], settings: GenerationSettings,
+               language: str = "en", chunk_codes: int = STREAM_CHUNK_CODES) -> Iterator[torch.Tensor]:  # fmt: skip
+        """Speech for ``text`` in chunks as they are decoded (coqui's ``Xtts.inference_stream``):
+        1-D float32 tensors at 24 kHz, about ``chunk_codes`` / 21.5 s each, cross-faded so that
+        their concatenation is the whole utterance. Raises GenerationError for empty text."""
+        text = _check_text(text)
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        with torch.inference_mode():
+            for chunk in self.model.inference_stream(
+                text, language, *latents, stream_chunk_size=chunk_codes, **settings.inference_kwargs()
+            ):
+                yield chunk.detach().float().cpu().flatten()
+
+
+def _check_text(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise GenerationError("the text is empty")
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Generating into outputs/<voice>/
+
+
+@dataclass
+class _Job:
+    voice: str
+    text: str
+    weights: ModelWeights
+    references: list[conditioning.Reference]
+    settings: GenerationSettings
+    language: str
+    synthesizer: Synthesizer
+
+    def conditioning(self, log):
+        cache = paths.output_dir(self.voice) / conditioning.LATENTS_DIR
+        return self.synthesizer.conditioning([r.path for r in self.references], cache_dir=cache, log=log)
+
+    def save(self, wav: torch.Tensor, out: Path | None, seconds: float, extra: dict, log) -> Path:
+        out = Path(out) if out is not None else unique_output_path(self.voice, self.settings.seed)
+        audio_io.save_wav(out, wav, models.OUTPUT_SAMPLE_RATE)
+        duration = wav.numel() / models.OUTPUT_SAMPLE_RATE
+        meta = {
+            "text": self.text, "voice": self.voice, "run": self.weights.model, "checkpoint": self.weights.checkpoint,
+            "weights": str(self.weights.gpt) if self.weights.gpt else None, "model_dir": str(self.weights.model_dir),
+            "references": [r.id for r in self.references], "language": self.language,
+            "settings": asdict(self.settings), "sample_rate": models.OUTPUT_SAMPLE_RATE,
+            "seconds": round(duration, 3), "real_time_factor": round(seconds / max(duration, 1e-9), 3),
+            "created": time.time(), **extra,
+        }  # fmt: skip
+        audio_io.write_bytes_atomic(out.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
+        log(f"wrote {out} ({duration:.2f} s of audio in {seconds:.1f} s)")
+        return out
+
+
+def _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log) -> _Job:
+    text = _check_text(text)
+    settings = dataclasses.replace(settings) if settings else GenerationSettings()
+    if settings.seed is None:
+        settings.seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    if base_model is None and synthesizer is not None:
+        base_model = synthesizer.base_model
+    weights = resolve_model(voice, run, checkpoint, base_model)
+    refs = conditioning.resolve_references(voice, references)
+    synthesizer = synthesizer or Synthesizer(base_model)
+    synthesizer.load(weights, log=log)
+    return _Job(voice, text, weights, refs, settings, language, synthesizer)
+
+
+def generate_candidates(
+    voice: str,
+    text: str,
+    run: str | None = None,
+    checkpoint: str = "latest",
+    base_model: str | Path | None = None,
+    settings: GenerationSettings | None = None,
+    language: str = "en",
+    candidates: int = 1,
+    references: list[str] | None = None,
+    synthesizer: Synthesizer | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Speak ``text`` in ``voice``'s voice ``candidates`` times, with seeds seed, seed+1, …;
+    writes each as ``outputs/<voice>/<time>-<seed>.wav`` (24 kHz) with its settings JSON beside
+    (its own seed, ``candidate`` 1..n and ``candidates`` n); returns the paths in seed order.
+
+    Args:
+        voice: the voice; its references are chosen by ``references``.
+        run: :data:`BASE_MODEL`/None, a run of the voice, or ``imported:<name>`` (:func:`resolve_model`).
+        checkpoint: "latest" or "step-NNNNNNN" of that run.
+        base_model: base-model folder (default models/xtts-v2/).
+        settings: sampling settings (a seed is drawn and recorded when it is None).
+        candidates: how many outputs, 1 to 16.
+        references: reference ids (:mod:`engine.conditioning`); None or empty: all recordings.
+        synthesizer: a :class:`Synthesizer` to reuse (the UI keeps one).
+        progress: optional ``progress(fraction, description)``.
+
+    Raises GenerationError (empty text, bad run/checkpoint/model, candidates out of range),
+    ConditioningError (no usable reference), models.BaseModelError (base model missing).
+    """
+    if not 1 <= int(candidates) <= 16:
+        raise GenerationError(f"candidates must be between 1 and 16, got {candidates}")
+    report = progress or (lambda fraction, desc: None)
+    report(0.02, "loading the model")
+    job = _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log)
+    report(0.15, "conditioning on the voice")
+    latents = job.conditioning(log)
+    outputs, first_seed = [], job.settings.seed
+    for index in range(int(candidates)):
+        job.settings = dataclasses.replace(job.settings, seed=first_seed + index)
+        report(0.2 + 0.75 * index / candidates, f"speaking candidate {index + 1} of {candidates}")
+        started = time.perf_counter()
+        wav = job.synthesizer.synthesize(job.text, latents, job.settings, job.language)
+        extra = {"candidate": index + 1, "candidates": int(candidates)}
+        outputs.append(job.save(wav, None, time.perf_counter() - started, extra, log))
+    report(1.0, "done")
+    return outputs
 
 
 def generate_speech(
@@ -205,55 +379,53 @@ def generate_speech(
     synthesizer: Synthesizer | None = None,
     progress: Callable[[float, str], None] | None = None,
     log: Callable[[str], None] = print,
+    references: list[str] | None = None,
 ) -> Path:
-    """Speak ``text`` in ``voice``'s voice and write a 24 kHz WAV; returns its path.
-
-    Args:
-        voice: the voice; its recordings in voices/<voice>/ are the reference clips.
-        run: a run of the voice whose fine-tuned GPT weights to use; None for the base model.
-        checkpoint: "latest" or "step-NNNNNNN" of that run.
-        base_model: base-model folder (default models/xtts-v2/).
-        settings: sampling settings (seed drawn and recorded when None).
-        out: output file; default ``outputs/<voice>/<time>-<seed>.wav``. A JSON file with the
-            text, model and settings is written beside it.
-        synthesizer: a loaded :class:`Synthesizer` to reuse (the UI keeps one).
-        progress: optional ``progress(fraction, description)``.
-
-    Raises GenerationError (no references, empty text, bad run/checkpoint) and
-    models.BaseModelError (base model missing).
-    """
-    settings = dataclasses.replace(settings) if settings else GenerationSettings()
-    if settings.seed is None:
-        settings.seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    references = reference_files(voice)
-    if not references:
-        raise GenerationError(f"voice {voice!r} has no recordings in {paths.voice_dir(voice)}")
-    weights = checkpoint_weights(voice, run, checkpoint)
-    if base_model is None and weights is not None:
-        base_model = run_base_model(voice, run)
-    synthesizer = synthesizer or Synthesizer(base_model)
+    """Speak ``text`` once and write a 24 kHz WAV (``out``, default a new file in
+    ``outputs/<voice>/``) with its settings JSON beside; returns its path. Arguments and errors
+    as :func:`generate_candidates`."""
     report = progress or (lambda fraction, desc: None)
     report(0.05, "loading the model")
-    started = time.perf_counter()
-    synthesizer.load(weights, log=log)
+    job = _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log)
     report(0.3, "conditioning on the voice")
-    synthesizer.conditioning(references, log=log)
+    latents = job.conditioning(log)
     report(0.5, "speaking")
-    wav = synthesizer.synthesize(text, references, weights, settings, language=language, log=log)
-    seconds = time.perf_counter() - started
-    report(0.95, "saving")
-    out = Path(out) if out is not None else unique_output_path(voice, settings.seed)
-    audio_io.save_wav(out, wav, models.OUTPUT_SAMPLE_RATE)
-    duration = wav.numel() / models.OUTPUT_SAMPLE_RATE
-    meta = {
-        "text": text, "voice": voice, "run": run or BASE_MODEL, "checkpoint": weights.parent.name if weights else None,
-        "weights": str(weights) if weights else None, "language": language, "settings": asdict(settings),
-        "sample_rate": models.OUTPUT_SAMPLE_RATE, "seconds": round(duration, 3),
-        "real_time_factor": round(seconds / max(duration, 1e-9), 3), "created": time.time(),
-    }  # fmt: skip
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    log(f"wrote {out} ({duration:.2f} s of audio in {seconds:.1f} s)")
-    return out
+    started = time.perf_counter()
+    wav = job.synthesizer.synthesize(job.text, latents, job.settings, job.language)
+    path = job.save(wav, out, time.perf_counter() - started, {}, log)
+    report(1.0, "done")
+    return path
+
+
+def stream_speech(
+    voice: str,
+    text: str,
+    run: str | None = None,
+    checkpoint: str = "latest",
+    base_model: str | Path | None = None,
+    settings: GenerationSettings | None = None,
+    language: str = "en",
+    references: list[str] | None = None,
+    synthesizer: Synthesizer | None = None,
+    log: Callable[[str], None] = print,
+) -> Iterator[torch.Tensor]:
+    """A generator of speech chunks (1-D float32 at 24 kHz, :meth:`Synthesizer.stream`) as they
+    are decoded; when it is exhausted the whole utterance has been written like
+    :func:`generate_speech` (with ``"streamed": true``) and the generator *returns* its path
+    (``path = yield from stream_speech(...)``, or ``StopIteration.value``). Errors as
+    :func:`generate_candidates`, raised on the first ``next()``."""
+    job = _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log)
+    latents = job.conditioning(log)
+    started, chunks = time.perf_counter(), []
+    for chunk in job.synthesizer.stream(job.text, latents, job.settings, job.language):
+        chunks.append(chunk)
+        yield chunk
+    wav = torch.cat(chunks) if chunks else torch.zeros(0)
+    return job.save(wav, None, time.perf_counter() - started, {"streamed": True}, log)
+
+
+# --------------------------------------------------------------------------------------------
+# History
 
 
 def unique_output_path(voice: str, seed: int) -> Path:
@@ -266,19 +438,51 @@ def unique_output_path(voice: str, seed: int) -> Path:
     return path
 
 
+def _read_meta(wav: Path) -> dict:
+    meta_path = wav.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    meta["path"] = str(wav)
+    meta["name"] = wav.name
+    meta.setdefault("created", wav.stat().st_mtime)
+    return meta
+
+
 def list_outputs(voice: str) -> list[dict]:
-    """Past outputs of ``voice``, newest first: each its settings JSON plus ``"path"``."""
+    """Past outputs of ``voice``, newest first: each its settings JSON plus ``"path"`` and
+    ``"name"`` (the file name); an output whose JSON is missing or damaged has only those and
+    ``"created"`` (the file's modification time)."""
     folder = paths.output_dir(voice)
     if not folder.is_dir():
         return []
-    items = []
-    for wav in folder.glob("*.wav"):
-        meta_path = wav.with_suffix(".json")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-        meta["path"] = str(wav)
-        meta.setdefault("created", wav.stat().st_mtime)
-        items.append(meta)
-    return sorted(items, key=lambda m: m["created"], reverse=True)
+    items = [_read_meta(wav) for wav in folder.glob("*.wav")]
+    return sorted(items, key=lambda m: (m["created"], m["name"]), reverse=True)
+
+
+def read_output(voice: str, name: str) -> dict:
+    """The settings JSON of the past output ``outputs/<voice>/<name>`` plus ``path`` and ``name``.
+    Raises GenerationError when ``name`` is not a WAV file directly in that folder."""
+    base = paths.output_dir(voice).resolve()
+    path = (base / str(name)).resolve()
+    if path.parent != base or path.suffix != ".wav" or not path.is_file():
+        raise GenerationError(f"{name}: no such output of voice {voice!r} in {base}")
+    return _read_meta(path)
+
+
+def settings_of(meta: dict) -> GenerationSettings:
+    """The GenerationSettings recorded in a past output's JSON (unknown keys ignored, missing
+    ones at their defaults). Raises GenerationError for values out of range."""
+    recorded = meta.get("settings") or {}
+    names = {f.name for f in dataclasses.fields(GenerationSettings)}
+    return GenerationSettings(**{k: v for k, v in recorded.items() if k in names})
+
+
+__all__ = [  # the names of engine.weights and engine.conditioning that callers of this module use
+    "BASE_MODEL", "GENERATION_HELP", "IMPORTED_PREFIX", "ConditioningError", "GenerationError", "GenerationSettings",
+    "ModelWeights", "Synthesizer", "checkpoint_weights", "generate_candidates", "generate_speech",
+    "imported_model_dir", "imported_models_dir", "list_imported_models", "list_outputs", "read_output",
+    "read_state_dict", "resolve_model", "run_base_model", "settings_of", "stream_speech",
+]  # fmt: skip
