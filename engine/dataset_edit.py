@@ -128,14 +128,19 @@ def clean_text(text: str) -> str:
     return " ".join(str(text or "").replace("|", " ").split())
 
 
-def apply_edits(per_clip: list[dict], edits: dict[str, dict], validation_fraction: float, seed: int) -> list[dict]:
+def apply_edits(
+    per_clip: list[dict], edits: dict[str, dict], validation_fraction: float | None, seed: int
+) -> list[dict]:
     """The clips with the edits applied and the train/validation split assigned.
 
     Args:
         per_clip: report.json's clips (each with ``key``, ``audio_file``, ``text`` and, once
             edited, ``whisper_text``); not changed.
         edits: :func:`load_edits`.
-        validation_fraction, seed: as given to prepare (see :func:`assign_splits`).
+        validation_fraction, seed: as given to prepare (see :func:`assign_splits`); a
+            fraction of None (a report from before prepare recorded it) keeps each clip's
+            split as recorded (``recorded_split``), so that looking at an old dataset never
+            reshuffles it.
 
     Returns:
         New dicts: Whisper's transcript in ``whisper_text``, the one to train on in ``text``,
@@ -156,7 +161,13 @@ def apply_edits(per_clip: list[dict], edits: dict[str, dict], validation_fractio
             clip["retranscription"] = edit["whisper"]
         clip["excluded"] = bool(edit.get("excluded"))
         clips.append(clip)
-    assign_splits(clips, validation_fraction, seed)
+    if validation_fraction is not None:
+        assign_splits(clips, validation_fraction, seed)
+        return clips
+    for clip in clips:
+        if clip.get("recorded_split") not in ("train", "validation"):
+            clip["recorded_split"] = clip.get("split") if clip.get("split") == "validation" else "train"
+        clip["split"] = "excluded" if clip["excluded"] else clip["recorded_split"]
     return clips
 
 
@@ -260,9 +271,9 @@ def read_report(voice: str) -> dict:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
         per_clip = list(report["per_clip"])
-        missing = [n for n, c in enumerate(per_clip) if "audio_file" not in c or "duration" not in c]
+        missing = [n for n, c in enumerate(per_clip) if not {"audio_file", "duration", "text"} <= c.keys()]
         if missing:
-            raise KeyError(f"clip {missing[0]} has no audio_file or duration")
+            raise KeyError(f"clip {missing[0]} lacks audio_file, duration or text")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DatasetEditError(f"{path}: not a readable dataset report ({error}); transcribe again") from error
     _fill_keys(voice, per_clip)
@@ -437,14 +448,10 @@ def _find_clip(per_clip: list[dict], audio_file: str) -> dict:
     raise DatasetEditError(f"no clip {audio_file!r} in the dataset")
 
 
-def _split_settings(report: dict) -> tuple[float, int]:
-    """The report's validation fraction and seed; for a report written before they were
-    recorded, the share it has and seed 0."""
+def _split_settings(report: dict) -> tuple[float | None, int]:
+    """The report's validation fraction (None in a report from before it was recorded) and seed."""
     fraction = report.get("validation_fraction")
-    if fraction is None:
-        total = (report.get("train") or 0) + (report.get("validation") or 0)
-        fraction = (report.get("validation") or 0) / total if total else 0.15
-    return float(fraction), int(report.get("seed") or 0)
+    return None if fraction is None else float(fraction), int(report.get("seed") or 0)
 
 
 def _fill_keys(voice: str, per_clip: list[dict]) -> None:

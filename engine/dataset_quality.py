@@ -115,7 +115,8 @@ def quality_report(voice: str) -> dict:
     * ``durations``: ``edges`` (seconds, bins of HISTOGRAM_BIN_SECONDS from 0 to at least
       MAX_CLIP_SECONDS), ``counts`` (included clips per bin), ``min``, ``median``, ``max``, ``total`` (seconds; None without clips);
     * ``median_rms_dbfs`` of the included clips (None without clips);
-    * ``per_clip``: one dict per clip in table order: ``audio_file``, ``split``, ``duration``,
+    * ``per_clip``: one dict per clip in table order: ``audio_file``, ``split``, ``text``,
+      ``origin`` (as :func:`engine.dataset_edit.apply_edits`), ``duration``,
       ``rms_dbfs``, ``clipping`` (share 0-1), ``leading_silence``, ``trailing_silence``
       (seconds), ``avg_logprob``, ``low_words`` and ``flags``, short texts such as
       ``"clipping 0.4%"``, ``"quiet -8 dB"``, ``"silence at start 0.9 s"``,
@@ -179,6 +180,7 @@ def _measure(clip: dict) -> dict:
     row = {
         "audio_file": clip["audio_file"],
         "split": clip["split"],
+        "text": clip["text"],
         "origin": clip.get("origin", "whisper"),
         "duration": clip["duration"],
         "rms_dbfs": clip.get("rms_dbfs"),

@@ -346,7 +346,20 @@ def test_quality_report_measures_clips_of_an_older_report(home):
     for clip in report["per_clip"]:
         for name in ("key", "clipping", "leading_silence", "trailing_silence", "low_words", "rms_dbfs"):
             clip.pop(name)
+    # Its split came from an older rule: it is kept as recorded, never redrawn.
+    del report["validation_fraction"], report["seed"]
+    train = next(c for c in report["per_clip"] if c["split"] == "train")
+    validation = next(c for c in report["per_clip"] if c["split"] == "validation")
+    train["split"], validation["split"] = "validation", "train"
     path.write_text(json.dumps(report))
+    recorded = {c["audio_file"]: c["split"] for c in report["per_clip"]}
+    dataset_edit.set_excluded(VOICE, train["audio_file"])
+    assert {k: v["split"] for k, v in csv_rows(home).items()} == {
+        k: v for k, v in recorded.items() if k != train["audio_file"]
+    }
+    dataset_edit.set_excluded(VOICE, train["audio_file"], excluded=False)
+    assert {k: v["split"] for k, v in csv_rows(home).items()} == recorded
+
     quality = dataset_quality.quality_report(VOICE)
     for row in quality["per_clip"]:
         assert row["clipping"] == 0.0 and 0 <= row["leading_silence"] < 0.5 and -21 < row["rms_dbfs"] < -10
@@ -356,7 +369,7 @@ def test_quality_report_measures_clips_of_an_older_report(home):
     assert clip["key"].startswith(transcribe.file_sha256(home / "voices" / VOICE / clip["source"]))
 
 
-def test_edit_command_line_is_not_needed_for_gradio_free_engine():
+def test_engine_edit_and_quality_modules_never_import_gradio():
     """engine.dataset_edit and engine.dataset_quality never import gradio (house rule 1)."""
     code = "import sys, engine.dataset_edit, engine.dataset_quality; print('gradio' in sys.modules)"
     out = subprocess.run([".venv/bin/python", "-c", code], capture_output=True, text=True, check=True,

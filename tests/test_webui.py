@@ -18,7 +18,16 @@ from engine import generate as engine_generate
 from engine import paths, runs
 from engine.config import ConfigError, TrainConfig
 from webui.app import build_app, parse_args
-from webui.tabs import AppSettings, LogLines, TabContext, engine_errors, named, progress_callable
+from webui.tabs import (
+    AppSettings,
+    LogLines,
+    TabContext,
+    dataset_editor,
+    dataset_report,
+    engine_errors,
+    named,
+    progress_callable,
+)
 from webui.tabs import dataset as dataset_tab
 from webui.tabs import generate as generate_tab
 from webui.tabs import settings as settings_tab
@@ -37,7 +46,8 @@ def default_form() -> dict:
 
 
 def write_dataset(voice: str, clips: int = 3) -> Path:
-    """datasets/<voice>/ with tiny silent clips, csv files and a report, as engine.dataset writes it."""
+    """datasets/<voice>/ with tiny placeholder clips (not audio), csv files and a report, as
+    engine.dataset writes them: the last clip is for validation."""
     folder = paths.dataset_dir(voice)
     (folder / "wavs").mkdir(parents=True)
     rows, per_clip = [], []
@@ -45,11 +55,22 @@ def write_dataset(voice: str, clips: int = 3) -> Path:
         name = f"wavs/take_{i:05d}.wav"
         (folder / name).write_bytes(b"RIFF")
         rows.append(f"{name}|Sentence number {i}.|{voice}")
-        per_clip.append({"audio_file": name, "duration": 1.5 + i})
+        start, end = 10.0 * i, 10.0 * i + 1.5 + i
+        per_clip.append(
+            {"audio_file": name, "key": f"{'ab' * 32}:{start:.3f}:{end:.3f}", "split": "train", "source": "take.wav",
+             "start": start, "end": end, "duration": 1.5 + i, "text": f"Sentence number {i}.", "rms_dbfs": -20.0 - i,
+             "clipping": 0.0, "leading_silence": 0.1, "trailing_silence": 0.9 if i == 1 else 0.1,
+             "avg_logprob": -0.3, "low_words": []}
+        )  # fmt: skip
+    per_clip[-1]["split"] = "validation"
     header = "audio_file|text|speaker_name\n"
     (folder / "train.csv").write_text(header + "\n".join(rows[:-1]) + "\n")
     (folder / "validation.csv").write_text(header + rows[-1] + "\n")
     report = {
+        "voice": voice,
+        "clips": clips,
+        "train": clips - 1,
+        "validation": 1,
         "recordings": 2,
         "backend": "faster-whisper",
         "model": "tiny.en",
@@ -71,6 +92,8 @@ def test_app_builds_with_tabs_and_stable_ids(timbre_home):
         assert f"tab-{tab}" in ids
     for elem_id in (
         "dataset-voice", "dataset-upload", "dataset-transcribe", "dataset-clips", "dataset-skipped",
+        "dataset-show", "dataset-clip-audio", "dataset-clip-text", "dataset-save-text", "dataset-revert-text",
+        "dataset-exclude", "dataset-retranscribe", "dataset-next-clip", "dataset-duration-plot", "dataset-report",
         "training-yaml", "training-start", "training-stop", "training-status", "training-plot", "training-log",
         "training-run-table", "training-compare", "training-axis", "training-checkpoint", "training-branch",
         "training-spike-branch", "training-checks", "training-suggestion", "train-epochs", "train-batch-size",
@@ -152,19 +175,97 @@ def test_safe_filename():
     assert dataset_tab.safe_filename("Émile — take 2.MP3") == "mile_take_2.mp3"
 
 
-def test_dataset_view_reads_csv_and_report(timbre_home):
-    summary, clips, skipped = dataset_tab.dataset_view("anna")
-    assert "no dataset yet" in summary and clips.empty and skipped.empty
+def test_dataset_view_reads_the_report_and_edits(timbre_home):
+    values = dataset_tab.tab_values("anna")
+    assert "no dataset yet" in values["summary"] and values["clips"].empty and values["skipped"].empty
+    assert values["duration_plot"] is None and "appears once" in values["report"]
     folder = write_dataset("anna")
-    summary, clips, skipped = dataset_tab.dataset_view("anna")
-    assert "3 clips (2 train, 1 validation)" in summary and "tiny.en" in summary
-    assert list(clips["split"]) == ["train", "train", "validation"]
-    assert list(clips["seconds"]) == [1.5, 2.5, 3.5]
-    assert list(skipped["file"]) == ["notes.wav", "take.wav"]
-    assert "too short" in skipped["reason"].iloc[1]
+    values = dataset_tab.tab_values("anna")
+    assert "3 clips (2 train, 1 validation)" in values["summary"] and "tiny.en" in values["summary"]
+    clips = values["clips"]
+    assert list(clips.columns) == dataset_editor.CLIP_COLUMNS
+    assert list(clips["clip"]) == ["take_00000", "take_00001", "take_00002"]
+    assert list(clips["split"]) == ["train", "train", "validation"] and list(clips["sec"]) == [1.5, 2.5, 3.5]
+    assert list(clips["flags"]) == ["", "silence at end 0.9 s", ""]
+    assert list(values["skipped"]["file"]) == ["notes.wav", "take.wav"]
+    assert "too short" in values["skipped"]["reason"].iloc[1]
+    assert "3 clips in training" in values["report"] and "**1** — take_00001.wav" in values["report"]
+    assert values["duration_plot"] is not None
     assert dataset_tab.clip_path("anna", "wavs/take_00000.wav") == str((folder / "wavs/take_00000.wav").resolve())
     with pytest.raises(ValueError):
         dataset_tab.clip_path("anna", "../../voices/anna/x.wav")
+    assert [len(t) for t in (dataset_tab.VIEW_KEYS, set(dataset_tab.VIEW_KEYS))] == [len(values)] * 2
+
+    # A selected clip fills the panel; the editor's changes show in the table and the summary.
+    values = dataset_tab.tab_values("anna", selected="wavs/take_00001.wav")
+    assert values["selected"] == "wavs/take_00001.wav" and values["clip_audio"].endswith("take_00001.wav")
+    assert values["clip_text"].value == "Sentence number 1." and "silence at end" in values["clip_info"]
+    form = {"voice": "anna", "selected": "wavs/take_00001.wav", "clip_text": "Sentence one, corrected."}
+    assert "Saved" in dataset_editor.apply_change(form, "save")
+    assert "Excluded" in dataset_editor.apply_change(form, "exclude")
+    values = dataset_tab.tab_values("anna", "excluded", "wavs/take_00001.wav")
+    assert list(values["clips"]["text"]) == ["✎ Sentence one, corrected."]
+    assert "1 excluded" in values["summary"] and "1 transcript edited" in values["summary"]
+    assert values["exclude"].value == "Restore" and "Whisper heard: *Sentence number 1.*" in values["clip_info"]
+    assert "take_00001" not in (folder / "train.csv").read_text()
+    assert "Restored" in dataset_editor.apply_change(form, "exclude")
+    assert "Whisper's transcript" in dataset_editor.apply_change(form, "revert")
+    assert (folder / "train.csv").read_text().count("Sentence number") == 2
+    with pytest.raises(ValueError, match="select a clip"):
+        dataset_editor.apply_change({**form, "selected": None}, "save")
+
+
+def test_clip_editor_lists_steps_and_retranscribes(timbre_home, monkeypatch):
+    write_dataset("anna")
+    quality = dataset_tab.read_quality("anna")
+    assert [r["audio_file"] for r in dataset_editor.visible_rows(quality, "flagged")] == ["wavs/take_00001.wav"]
+    assert dataset_editor.visible_rows(quality, "excluded") == []
+    assert dataset_editor.neighbour(quality, "all", None, +1) == "wavs/take_00000.wav"
+    assert dataset_editor.neighbour(quality, "all", "wavs/take_00000.wav", +1) == "wavs/take_00001.wav"
+    assert dataset_editor.neighbour(quality, "all", "wavs/take_00000.wav", -1) == "wavs/take_00000.wav"
+    assert dataset_editor.neighbour(quality, "all", "wavs/take_00002.wav", +1) == "wavs/take_00002.wav"
+    assert dataset_editor.neighbour(quality, "excluded", None, +1) is None
+    assert dataset_editor.audio_file_of(quality, "take_00002") == "wavs/take_00002.wav"
+
+    calls = {}
+    monkeypatch.setattr(
+        dataset_editor.dataset_edit,
+        "retranscribe_clip",
+        lambda voice, audio_file, **kw: calls.update(voice=voice, audio_file=audio_file, **kw) or {"text": "Heard."},
+    )
+    form = {"voice": "anna", "selected": "wavs/take_00000.wav", "backend": "openai-whisper", "whisper_model": " ",
+            "language": "auto"}  # fmt: skip
+    assert dataset_editor.apply_change(form, "retranscribe") == "Re-transcribed take_00000.wav: “Heard.”"
+    assert calls == {"voice": "anna", "audio_file": "wavs/take_00000.wav", "backend": "openai-whisper",
+                     "whisper_model": None, "language": None}  # fmt: skip
+
+
+def test_dataset_made_outside_timbre_is_shown_read_only(home):
+    """datasets/anna/ of conftest has csv files and no report.json: listed and playable, not editable."""
+    values = dataset_tab.tab_values("anna", selected="wavs/clip0.wav")
+    assert len(values["clips"]) == 6 and "Made outside Timbre" in values["summary"]
+    assert values["clip_audio"].endswith("clip0.wav") and "cannot be edited" in values["clip_info"]
+    assert values["save_text"].interactive is False and values["duration_plot"] is None
+
+
+def test_quality_report_in_words_and_figure():
+    quality = {
+        "clips": 3, "included": 2, "excluded": 1, "flagged": 1, "median_rms_dbfs": -20.0,
+        "thresholds": {"clipping_flag_share": 0.001, "loudness_outlier_db": 6.0, "edge_silence_seconds": 0.5,
+                       "low_avg_logprob": -1.0, "low_word_probability": 0.5},
+        "durations": {"edges": [0.0, 1.0, 2.0, 3.0], "counts": [0, 1, 1], "min": 1.2, "median": 1.8, "max": 2.4,
+                      "total": 3.6},
+        "categories": {"clipping": ["wavs/a.wav", "wavs/x.wav"], "loudness": [], "edge silence": [],
+                       "low confidence": []},
+        "per_clip": [{"audio_file": "wavs/x.wav", "split": "excluded"}],
+    }  # fmt: skip
+    text = dataset_report.report_markdown(quality)
+    assert "**2 clips in training** (1 excluded)" in text and "**1** — a.wav" in text and "x.wav" not in text
+    assert "1 clip flagged." in text and "none" in text
+    figure = dataset_report.duration_figure(quality)
+    assert [round(p.get_height()) for p in figure.axes[0].patches] == [0, 1, 1]
+    assert dataset_report.duration_figure({**quality, "included": 0}) is None
+    assert "All 3 clips are excluded" in dataset_report.report_markdown({**quality, "included": 0})
 
 
 def test_transcription_passes_the_form(timbre_home, monkeypatch):

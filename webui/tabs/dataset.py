@@ -1,9 +1,12 @@
-"""Dataset tab: pick or create a voice, upload its recordings, transcribe them into clips.
+"""Dataset tab: pick or create a voice, upload its recordings, transcribe them into clips,
+then review the clips.
 
 Recordings are copied into ``voices/<voice>/`` under safe names (an existing file is never
 overwritten: identical content is skipped, different content gets a ``-2`` suffix).
-Transcribe runs :func:`engine.dataset.prepare_dataset`; the clips table and the skipped
-list are read back from ``datasets/<voice>/`` (train.csv, validation.csv, report.json).
+Transcribe runs :func:`engine.dataset.prepare_dataset`; the summary and the skipped list are
+read back from ``datasets/<voice>/report.json``. The clips table and editing panel are
+:mod:`webui.tabs.dataset_editor`'s, the quality report :mod:`webui.tabs.dataset_report`'s;
+:func:`tab_values` gives all of them at once, so every change refreshes the whole tab.
 """
 
 from __future__ import annotations
@@ -17,18 +20,19 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from engine import audio, dataset, paths, transcribe
+from engine import audio, dataset, dataset_edit, dataset_quality, paths, transcribe
 from engine.models import LANGUAGES
 from webui.tabs import (
     LogLines,
     TabContext,
+    dataset_editor,
+    dataset_report,
     engine_errors,
     named,
     progress_callable,
     voice_dropdown,
 )
 
-CLIP_COLUMNS = ["audio_file", "text", "split", "seconds"]
 SKIPPED_COLUMNS = ["file", "part", "reason"]
 RECORDING_COLUMNS = ["file", "MB"]
 
@@ -117,21 +121,57 @@ def read_report(voice: str) -> dict:
         return {}
 
 
-def dataset_view(voice: str | None) -> tuple[str, pd.DataFrame, pd.DataFrame]:
-    """(summary markdown, clips table, skipped table) of the voice's dataset."""
-    empty = pd.DataFrame(columns=CLIP_COLUMNS), pd.DataFrame(columns=SKIPPED_COLUMNS)
+def read_quality(voice: str | None) -> dict | None:
+    """The voice's quality report (:func:`engine.dataset_quality.quality_report`) after
+    bringing csv files left behind by an interrupted save up to date; for a dataset made
+    outside Timbre (csv files, no report.json) its csv rows, marked ``"editable": False``;
+    None without a dataset. Raises DatasetEditError for an unreadable report.json or edits.json."""
     if not voice:
-        return "Choose or create a voice.", *empty
+        return None
+    if (paths.dataset_dir(voice) / "report.json").is_file():
+        dataset_edit.sync_metadata(voice)
+        return dataset_quality.quality_report(voice)
     clips = dataset.load_clips(voice)
-    report = read_report(voice)
     if not clips:
-        return f"**{voice}** has no dataset yet: add recordings and press Transcribe.", *empty
-    clip_rows = [
-        [c["audio_file"], c["text"], c["split"], None if c.get("duration") is None else round(c["duration"], 2)]
-        for c in clips
+        return None
+    rows = [
+        {**clip, "duration": clip.get("duration") or 0.0, "rms_dbfs": None, "flags": [], "origin": "whisper"}
+        for clip in clips
     ]
-    skipped_rows = [[s.get("file", ""), "whole file", s.get("reason", "")] for s in report.get("skipped", [])]
-    skipped_rows += [
+    return {"editable": False, "per_clip": rows}
+
+
+def summary_markdown(voice: str | None, quality: dict | None) -> str:
+    """One line on the voice's dataset: clips per split, speech, recordings, the Whisper model."""
+    if not voice:
+        return "Choose or create a voice."
+    if not quality:
+        return f"**{voice}** has no dataset yet: add recordings and press Transcribe."
+    rows = quality["per_clip"]
+    count = {split: sum(row["split"] == split for row in rows) for split in ("train", "validation", "excluded")}
+    seconds = sum(row["duration"] for row in rows if row["split"] != "excluded")
+    parts = f"{count['train']} train, {count['validation']} validation"
+    parts += f", {count['excluded']} excluded" if count["excluded"] else ""
+    summary = f"**{voice}**: {len(rows)} clips ({parts}), {seconds:.1f} s of speech"
+    report = read_report(voice)
+    if report:
+        summary += (
+            f" from {report.get('recordings', '?')} recordings; {len(report.get('skipped', []))} skipped. "
+            f"Transcribed with {report.get('backend')} `{report.get('model')}`."
+        )
+    edited = sum(row.get("origin", "whisper") != "whisper" for row in rows)
+    if edited:
+        summary += f" {edited} transcript{'s' if edited != 1 else ''} edited (✎)."
+    if quality.get("editable") is False:
+        summary += " Made outside Timbre (no report.json): transcribe the recordings to edit the clips."
+    return summary
+
+
+def skipped_table(voice: str | None) -> pd.DataFrame:
+    """Recordings that made no clip, and stretches of recordings that were dropped, with why."""
+    report = read_report(voice) if voice else {}
+    rows = [[s.get("file", ""), "whole file", s.get("reason", "")] for s in report.get("skipped", [])]
+    rows += [
         [
             d.get("file", ""),
             f"{d.get('start', 0):.1f}-{d.get('end', 0):.1f} s {d.get('text', '')!r}",
@@ -139,17 +179,26 @@ def dataset_view(voice: str | None) -> tuple[str, pd.DataFrame, pd.DataFrame]:
         ]
         for d in report.get("dropped", [])
     ]
-    train = sum(c["split"] == "train" for c in clips)
-    seconds = sum(c.get("duration") or 0 for c in clips)
-    summary = (
-        f"**{voice}**: {len(clips)} clips ({train} train, {len(clips) - train} validation), {seconds:.1f} s of speech"
-    )
-    if report:
-        summary += (
-            f" from {report.get('recordings', '?')} recordings; {len(report.get('skipped', []))} skipped. "
-            f"Transcribed with {report.get('backend')} `{report.get('model')}`."
-        )
-    return summary, pd.DataFrame(clip_rows, columns=CLIP_COLUMNS), pd.DataFrame(skipped_rows, columns=SKIPPED_COLUMNS)
+    return pd.DataFrame(rows, columns=SKIPPED_COLUMNS)
+
+
+def tab_values(voice: str | None, show: str = "all", selected: str | None = None) -> dict:
+    """Everything the tab shows for ``voice``, by the names of :data:`VIEW_KEYS`; the editing
+    panel keeps ``selected`` (``wavs/…``) while that clip exists."""
+    quality = read_quality(voice)
+    report_quality = quality if quality and quality.get("editable") is not False else None
+    values = {
+        "recordings": recordings_table(voice),
+        "summary": summary_markdown(voice, quality),
+        "skipped": skipped_table(voice),
+        "clips": dataset_editor.clip_table(quality, show),
+    }
+    values.update(zip(dataset_editor.PANEL_KEYS, dataset_editor.panel(voice, selected, quality), strict=True))
+    values.update(zip(dataset_report.OUTPUT_KEYS, dataset_report.report_view(report_quality), strict=True))
+    return values
+
+
+VIEW_KEYS = ("recordings", "summary", "skipped", "clips", *dataset_editor.PANEL_KEYS, *dataset_report.OUTPUT_KEYS)
 
 
 def clip_path(voice: str, audio_file: str) -> str:
@@ -236,21 +285,8 @@ def build(ctx: TabContext) -> dict:
             )
         ui["transcribe"] = gr.Button("Transcribe", variant="primary", elem_id="dataset-transcribe")
         ui["summary"] = gr.Markdown(elem_id="dataset-summary")  # filled on load
-        with gr.Row():
-            with gr.Column(scale=3):
-                ui["clips"] = gr.Dataframe(
-                    pd.DataFrame(columns=CLIP_COLUMNS),
-                    label="Clips (select a row to listen)",
-                    interactive=False,
-                    wrap=True,
-                    max_height=360,
-                    column_widths=["28%", "50%", "12%", "10%"],
-                    elem_id="dataset-clips",
-                )
-            with gr.Column(scale=1):
-                ui["clip_audio"] = gr.Audio(
-                    label="Selected clip", type="filepath", interactive=False, elem_id="dataset-clip-audio"
-                )
+        dataset_editor.build(ui)
+        dataset_report.build(ui)
         ui["skipped"] = gr.Dataframe(
             pd.DataFrame(columns=SKIPPED_COLUMNS),
             label="Skipped",
@@ -266,15 +302,16 @@ def build(ctx: TabContext) -> dict:
 
 
 def _wire(ctx: TabContext, ui: dict) -> None:
-    view = [ui["recordings"], ui["summary"], ui["clips"], ui["skipped"]]
+    view = [ui[key] for key in VIEW_KEYS]
 
-    def show(voice):
+    def show(voice, show="all", selected=None):
         with engine_errors("Reading the dataset"):
-            return recordings_table(voice), *dataset_view(voice)
+            values = tab_values(voice, show or "all", selected)
+        return tuple(values[key] for key in VIEW_KEYS)
 
-    def refresh_voices(voice):
+    def refresh_voices(voice, show_choice, selected):
         update, voice = voice_dropdown(voice)
-        return update, *show(voice)
+        return update, *show(voice, show_choice, selected)
 
     def on_create(name):
         with engine_errors("Creating the voice"):
@@ -298,24 +335,18 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         with engine_errors("Transcription"):
             report = run_transcription(form, progress=progress_callable(progress), log=log)
         gr.Info(f"{report.clips} clips made from {report.recordings} recordings.")
-        return log.text(), *show(form["voice"])
+        return log.text(), *show(form["voice"], form.get("show"), form.get("selected"))
 
-    def on_select(voice, evt: gr.SelectData):
-        row = evt.row_value or []
-        if not voice or not row:
-            return None
-        with engine_errors("Opening the clip"):
-            return clip_path(voice, row[0])
-
-    ui["tab"].select(refresh_voices, ui["voice"], [ui["voice"], *view], show_progress="hidden")
-    ctx.blocks.load(refresh_voices, ui["voice"], [ui["voice"], *view], show_progress="hidden")
+    keep = [ui["voice"], ui["show"], ui["selected"]]
+    ui["tab"].select(refresh_voices, keep, [ui["voice"], *view], show_progress="hidden")
+    ctx.blocks.load(refresh_voices, keep, [ui["voice"], *view], show_progress="hidden")
     ui["voice"].input(show, ui["voice"], view)
     ui["create"].click(on_create, ui["new_voice"], [ui["voice"], ui["new_voice"]]).then(show, ui["voice"], view)
     ui["new_voice"].submit(on_create, ui["new_voice"], [ui["voice"], ui["new_voice"]]).then(show, ui["voice"], view)
     ui["upload"].upload(on_upload, [ui["voice"], ui["upload"]], [ui["upload"], ui["recordings"]])
     ui["transcribe"].click(
         on_transcribe,
-        {ui[k] for k in ("voice", "backend", "whisper_model", "language", "validation_fraction")},
+        {ui[k] for k in ("voice", "backend", "whisper_model", "language", "validation_fraction", "show", "selected")},
         [ui["log"], *view],
     )
-    ui["clips"].select(on_select, ui["voice"], ui["clip_audio"])
+    dataset_editor.wire(ui, show, view, read_quality)
