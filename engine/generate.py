@@ -68,7 +68,11 @@ class GenerationSettings:
     max_seconds: float = _setting(
         0.0, "Longest speech per sentence in seconds; 0 uses the model's limit (605 codes, about 28 s)."
     )
-    split_sentences: bool = _setting(True, "Split long text into sentences and speak each (coqui's text splitting).")
+    split_sentences: bool = _setting(
+        True,
+        "Split text longer than the language's limit (250 characters in English) at sentence ends and speak "
+        "each part (coqui's text splitting); off, longer text may come out cut short.",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 5:

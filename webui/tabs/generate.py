@@ -1,151 +1,84 @@
-"""Generate tab: speak a text with a voice, using a run's checkpoint or the base model.
+"""Generate tab: speak a text with a voice — the base model, a run's checkpoint or an imported
+model — conditioned on chosen reference clips; several candidates at once, optionally streamed.
 
-Calls :func:`engine.generate.generate_speech` with a :class:`engine.generate.Synthesizer` kept
-in the app context (the model loads once; switching checkpoints reloads only GPT weights).
-Past outputs are listed from ``outputs/<voice>/`` with the settings saved beside each file.
+Three modules: :mod:`generate_form` (choices, form ⇄ settings, engine calls),
+:mod:`generate_history` (past outputs: play, inspect, generate again) and
+:mod:`generate_export` (export a fine-tune as a coqui-loadable zip, import one). This one lays
+out the form and the players and wires generation. The app keeps one
+:class:`engine.generate.Synthesizer` (``ctx.synthesizer``): the model loads once, switching
+models reloads only GPT weights, and conditioning latents are cached.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import time
-import typing
-from pathlib import Path
+import io
+import shutil
+import wave
 
 import gradio as gr
-import pandas as pd
+import numpy as np
 
-from engine import generate, paths, runs
-from engine.models import LANGUAGES
-from webui.tabs import LogLines, TabContext, engine_errors, named, pick, voice_dropdown
+from engine import generate, paths
+from engine.models import LANGUAGES, OUTPUT_SAMPLE_RATE
+from webui.tabs import LogLines, TabContext, engine_errors, named, pick, progress_callable, voice_dropdown
+from webui.tabs import generate_export as gexport
+from webui.tabs import generate_form as gform
+from webui.tabs import generate_history as ghistory
+from webui.tabs.generate_form import LATEST
 
-OUTPUT_COLUMNS = ["created", "text", "run", "checkpoint", "seed", "file"]
-LATEST = "latest"
-#: Slider ranges (minimum, maximum, step) of the sampling settings.
-RANGES = {
-    "temperature": (0.05, 1.5, 0.05),
-    "top_k": (1, 100, 1),
-    "top_p": (0.05, 1.0, 0.05),
-    "repetition_penalty": (1.0, 20.0, 0.5),
-    "length_penalty": (0.5, 2.0, 0.1),
-    "speed": (0.5, 2.0, 0.05),
-    "max_seconds": (0.0, 30.0, 0.5),
-}
-FIELDS_SET_ELSEWHERE = ("seed",)
+STREAM_HELP = "Play the first candidate while it is being spoken (needs ffmpeg on the server)."
+NO_FFMPEG = "Streaming needs the ffmpeg program on the server (Gradio encodes the stream with it); it is not installed."
 
 
-def settings_help() -> dict[str, str]:
-    """Help per GenerationSettings field, from the ``name: text`` lines of its docstring."""
-    help_text: dict[str, str] = {}
-    current: list[str] = []
-    for line in (generate.GenerationSettings.__doc__ or "").splitlines():
-        match = re.match(r"^\s{4}([a-z_, ]+):\s+(.*)$", line)
-        if match:
-            current = [n.strip() for n in match.group(1).split(",")]
-            for name in current:
-                help_text[name] = match.group(2)
-        elif line.strip() and current and line.startswith(" " * 8):
-            for name in current:
-                help_text[name] += " " + line.strip()
-        else:
-            current = []
-    return {name: text[:1].upper() + text[1:] for name, text in help_text.items()}
+def can_stream() -> bool:
+    """Whether Gradio can stream audio here: its stream encoder runs the ``ffmpeg`` program."""
+    return shutil.which("ffmpeg") is not None
 
 
-def settings_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(generate.GenerationSettings) if f.name not in FIELDS_SET_ELSEWHERE]
+def wav_bytes(samples) -> bytes:
+    """A streamed chunk (1-D float samples in [-1, 1] at 24 kHz) as 16-bit mono WAV bytes."""
+    pcm = np.round(np.clip(np.asarray(samples, dtype=np.float32), -1, 1) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(OUTPUT_SAMPLE_RATE)
+        writer.writeframes(pcm.tobytes())
+    return buffer.getvalue()
 
 
-def run_choices(voice: str | None) -> list[str]:
-    """The base model, then the voice's runs."""
-    return [generate.BASE_MODEL, *(paths.list_runs(voice) if voice else [])]
-
-
-def checkpoint_choices(voice: str | None, run: str | None) -> list[str]:
-    """ "latest", then the run's complete checkpoints, newest first (only "latest" for the base model)."""
-    if not voice or not run or run == generate.BASE_MODEL:
-        return [LATEST]
-    complete = [c.name for c in runs.list_checkpoints(paths.run_dir(voice, run)) if c.complete]
-    return [LATEST, *reversed(complete)]
-
-
-def outputs_table(voice: str | None) -> pd.DataFrame:
-    """Past outputs of the voice, newest first."""
-    rows = []
-    for item in generate.list_outputs(voice) if voice else []:
-        created = item.get("created")
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if isinstance(created, (int, float)) else ""
-        seed = (item.get("settings") or {}).get("seed")
-        # "latest" is resolved to the step it meant when the weights file is recorded.
-        checkpoint = Path(item["weights"]).parent.name if item.get("weights") else item.get("checkpoint") or ""
-        rows.append(
-            [
-                when,
-                item.get("text", ""),
-                item.get("run", ""),
-                checkpoint,
-                seed,
-                Path(item["path"]).name,
-            ]
-        )
-    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
-
-
-def output_path(voice: str, name: str) -> str:
-    """The path of a past output named in the table; raises ValueError outside outputs/<voice>/."""
-    base = paths.output_dir(voice).resolve()
-    path = (base / name).resolve()
-    if path.parent != base or not path.is_file():
-        raise ValueError(f"no output {name!r} in {base}")
-    return str(path)
-
-
-def make_settings(form: dict) -> generate.GenerationSettings:
-    """GenerationSettings from the form; an empty seed draws one."""
-    hints = typing.get_type_hints(generate.GenerationSettings)
-    values = {}
-    for f in settings_fields():
-        if f.name in form and form[f.name] is not None:
-            values[f.name] = hints[f.name](form[f.name]) if hints[f.name] in (int, float, bool) else form[f.name]
-    seed = str(form.get("seed") or "").strip()
-    if seed and not seed.isdigit():
-        raise ValueError(f"seed must be a whole number or empty, got {seed!r}")
-    return generate.GenerationSettings(**values, seed=int(seed) if seed else None)
-
-
-def speak(ctx: TabContext, form: dict, log=print) -> Path:
-    """Generate speech from the form's values with the app's synthesizer; returns the WAV path."""
-    voice = form.get("voice")
-    if not voice:
-        raise ValueError("choose a voice first")
-    base_model = ctx.settings.base_model_dir()
-    if ctx.synthesizer is None or Path(ctx.synthesizer.base_model) != Path(base_model):
-        ctx.synthesizer = generate.Synthesizer(base_model)
-    run = form.get("run") or generate.BASE_MODEL
-    return generate.generate_speech(
-        voice,
-        form.get("text") or "",
-        run=None if run == generate.BASE_MODEL else run,
-        checkpoint=form.get("checkpoint") or LATEST,
-        base_model=base_model,
-        settings=make_settings(form),
-        language=form.get("language") or "en",
-        synthesizer=ctx.synthesizer,
-        log=log,
-    )
+def describe_result(paths: list, log: list[str]) -> str:
+    """The line under the players: how many outputs, their seeds, and whether the conditioning
+    latents were computed now or came from the cache."""
+    metas = [generate.read_output(p.parent.name, p.name) for p in paths]  # outputs/<voice>/<name>
+    seeds = ", ".join(str((m.get("settings") or {}).get("seed")) for m in metas)
+    seconds = sum(m.get("seconds") or 0 for m in metas)
+    computed = any(line.startswith("computing conditioning latents") for line in log)
+    latents = "conditioning latents computed and cached" if computed else "conditioning latents from the cache"
+    loaded = any(line.startswith("loading the model") for line in log)
+    model = " · model loaded" if loaded else ""
+    word = "output" if len(paths) == 1 else "candidates"
+    return f"{len(paths)} {word} (seed {seeds}), {seconds:.1f} s of speech · {latents}{model}"
 
 
 def build(ctx: TabContext) -> dict:
-    """The Generate tab; returns its components by name (sampling settings under ``ui["settings"]``)."""
+    """The Generate tab; returns its components by name (sampling settings under ``ui["settings"]``,
+    candidate players under ``ui["players"]``)."""
     ui: dict = {"settings": {}}
+    # Outputs and export zips (gigabytes for real XTTS-v2) are served from outputs/ in place
+    # instead of being copied into Gradio's cache; they are never changed once written.
+    gr.set_static_paths([paths.outputs_dir()])
     defaults = generate.GenerationSettings()
-    help_text = settings_help()
+    help_text = gform.settings_help()
     with gr.Tab("Generate", id="generate", elem_id="tab-generate") as ui["tab"]:
         with gr.Row(equal_height=True):
             ui["voice"] = gr.Dropdown(label="Voice", choices=[], elem_id="generate-voice")
             ui["run"] = gr.Dropdown(
-                label="Run", choices=[generate.BASE_MODEL], value=generate.BASE_MODEL, elem_id="generate-run"
+                label="Model",
+                choices=[(generate.BASE_MODEL, generate.BASE_MODEL)],
+                value=generate.BASE_MODEL,
+                scale=2,
+                elem_id="generate-run",
             )
             ui["checkpoint"] = gr.Dropdown(
                 label="Checkpoint", choices=[LATEST], value=LATEST, elem_id="generate-checkpoint"
@@ -153,93 +86,146 @@ def build(ctx: TabContext) -> dict:
             ui["language"] = gr.Dropdown(
                 list(LANGUAGES), value="en", allow_custom_value=True, label="Language", elem_id="generate-language"
             )
-            ui["seed"] = gr.Textbox(label="Seed", placeholder="random", elem_id="generate-seed")
+        ui["references"] = gr.Dropdown(
+            label="Reference clips", choices=[], value=[], multiselect=True, info=gform.references_info(None),
+            elem_id="generate-references",
+        )  # fmt: skip
         ui["text"] = gr.Textbox(
-            label="Text", lines=3, placeholder="What should the voice say?", elem_id="generate-text"
-        )
-        ui["generate"] = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            label="Text", lines=3, placeholder="What should the voice say? Long text is spoken sentence by sentence.",
+            elem_id="generate-text",
+        )  # fmt: skip
+        with gr.Row(equal_height=True):
+            ui["seed"] = gr.Textbox(label="Seed", placeholder="random", info=help_text["seed"], elem_id="generate-seed")
+            ui["candidates"] = gr.Slider(
+                1, gform.MAX_CANDIDATES, value=1, step=1, label="Candidates",
+                info="Outputs with seeds seed, seed+1, …", elem_id="generate-candidates",
+            )  # fmt: skip
+            streamable = can_stream()
+            ui["stream"] = gr.Checkbox(
+                label="Stream", value=False, interactive=streamable, info=STREAM_HELP if streamable else NO_FFMPEG,
+                elem_id="generate-stream-toggle",
+            )  # fmt: skip
+            ui["generate"] = gr.Button("Generate", variant="primary", scale=0, min_width=160, elem_id="generate-button")
         with gr.Accordion("Sampling", open=False):
             with gr.Row():
-                for f in settings_fields():
-                    common = {
-                        "label": f.name.replace("_", " ").capitalize(),
-                        "info": help_text.get(f.name),
-                        "value": getattr(defaults, f.name),
-                    }
-                    common["elem_id"] = f"generate-{f.name.replace('_', '-')}"
-                    if isinstance(common["value"], bool):
-                        ui["settings"][f.name] = gr.Checkbox(**common)
-                    elif f.name in RANGES:
-                        low, high, step = RANGES[f.name]
-                        ui["settings"][f.name] = gr.Slider(low, high, step=step, min_width=220, **common)
-                    else:
-                        ui["settings"][f.name] = gr.Number(min_width=220, **common)
-        ui["audio"] = gr.Audio(label="Speech", type="filepath", interactive=False, elem_id="generate-audio")
+                for f in gform.settings_fields():
+                    _setting_component(ui, f, getattr(defaults, f.name), help_text.get(f.name))
+        ui["stream_audio"] = gr.Audio(
+            label="Speaking (streamed)", streaming=True, autoplay=True, interactive=False, visible=False,
+            elem_id="generate-stream",
+        )  # fmt: skip
+        with gr.Row():
+            ui["players"] = [
+                gr.Audio(
+                    label="Speech" if i == 0 else f"Candidate {i + 1}",
+                    type="filepath",
+                    interactive=False,
+                    visible=i == 0,
+                    elem_id="generate-audio" if i == 0 else f"generate-candidate-{i + 1}",
+                )  # fmt: skip
+                for i in range(gform.MAX_CANDIDATES)
+            ]
+        ui["audio"] = ui["players"][0]
         ui["info"] = gr.Markdown(elem_id="generate-info")
-        ui["outputs"] = gr.Dataframe(
-            pd.DataFrame(columns=OUTPUT_COLUMNS),
-            label="Past outputs (select a row to play it)",
-            interactive=False,
-            wrap=True,
-            max_height=300,
-            elem_id="generate-outputs",
-        )
+        ghistory.build(ctx, ui)
+        gexport.build(ctx, ui)
     _wire(ctx, ui)
     return ui
 
 
+def _setting_component(ui: dict, f, value, info: str | None) -> None:
+    common = {"label": f.name.replace("_", " ").capitalize(), "info": info, "value": value}
+    common["elem_id"] = f"generate-{f.name.replace('_', '-')}"
+    if isinstance(value, bool):
+        ui["settings"][f.name] = gr.Checkbox(**common)
+    elif f.name in gform.RANGES:
+        low, high, step = gform.RANGES[f.name]
+        ui["settings"][f.name] = gr.Slider(low, high, step=step, min_width=220, **common)
+    else:
+        ui["settings"][f.name] = gr.Number(min_width=220, **common)
+
+
+def player_updates(paths: list) -> list:
+    """One update per candidate player: the output with its seed in the label, or hidden."""
+    updates = []
+    for i in range(gform.MAX_CANDIDATES):
+        if i < len(paths):
+            seed = (generate.read_output(paths[i].parent.name, paths[i].name).get("settings") or {}).get("seed")
+            label = f"Candidate {i + 1} · seed {seed}" if len(paths) > 1 else f"Speech · seed {seed}"
+            updates.append(gr.Audio(value=str(paths[i]), label=label, visible=True))
+        else:
+            updates.append(gr.Audio(value=None, visible=i == 0))
+    return updates
+
+
 def _wire(ctx: TabContext, ui: dict) -> None:
-    form = {k: ui[k] for k in ("voice", "run", "checkpoint", "language", "text", "seed")} | ui["settings"]
+    form = {k: ui[k] for k in gform.FORM_FIELDS} | ui["settings"]
+    results = [*ui["players"], ui["info"], ui["outputs"]]
+    history_selection = [ui["history_audio"], ui["history_details"], ui["reuse"], ui["history_selected"]]
+
+    def voice_updates(voice, run=None, checkpoint=None, references=None):
+        choices = gform.model_choices(voice)
+        run = pick([v for _, v in choices], run, gform.default_model(voice))
+        checkpoints = gform.checkpoint_choices(voice, run)
+        refs = gform.reference_choices(voice)
+        kept = [r for r in references or [] if r in {ref_id for _, ref_id in refs}]
+        return [
+            gr.Dropdown(choices=choices, value=run),
+            gr.Dropdown(choices=checkpoints, value=pick(checkpoints, checkpoint)),
+            gr.Dropdown(choices=refs, value=kept, info=gform.references_info(voice)),
+            ghistory.outputs_table(voice),
+        ]
 
     def on_voice(voice):
-        with engine_errors("Listing runs"):
-            choices = run_choices(voice)
-            run = choices[-1]  # the newest-named run, else the base model
-            checkpoints = checkpoint_choices(voice, run)
-            return (
-                gr.Dropdown(choices=choices, value=run),
-                gr.Dropdown(choices=checkpoints, value=LATEST),
-                outputs_table(voice),
-            )
+        with engine_errors("Listing the voice's models"):
+            return voice_updates(voice) + ghistory.cleared()
 
-    def on_refresh(voice, run, checkpoint):
+    def on_show(voice, run, checkpoint, references):
         update, shown = voice_dropdown(voice)
-        if shown != voice:
-            return update, *on_voice(shown)
-        with engine_errors("Listing runs"):
-            choices = run_choices(voice)
-            run = pick(choices, run, choices[-1])
-            checkpoints = checkpoint_choices(voice, run)
-            return (
-                update,
-                gr.Dropdown(choices=choices, value=run),
-                gr.Dropdown(choices=checkpoints, value=pick(checkpoints, checkpoint)),
-                outputs_table(voice),
-            )
+        with engine_errors("Listing the voice's models"):
+            if shown != voice:
+                return [update, *voice_updates(shown), *ghistory.cleared()]
+            return [update, *voice_updates(voice, run, checkpoint, references), *[gr.skip()] * 4]
 
     def on_run(voice, run):
         with engine_errors("Listing checkpoints"):
-            return gr.Dropdown(choices=checkpoint_choices(voice, run), value=LATEST)
+            return gr.Dropdown(choices=gform.checkpoint_choices(voice, run), value=LATEST)
 
-    def on_generate(values):
+    def on_generate(values, progress=gr.Progress()):  # noqa: B008 (Gradio's documented pattern)
+        values = named(values, form)
         log = LogLines()
         with engine_errors("Generation"):
-            path = speak(ctx, named(values, form), log=log)
-        voice = values[ui["voice"]]
-        return str(path), "  \n".join(log[-2:]), outputs_table(voice)
+            count = gform.candidate_count(values)
+            if values.get("stream") and can_stream():
+                paths = yield from _streamed(ctx, ui, values, count, log)
+            else:
+                paths = gform.speak_candidates(ctx, values, log=log, progress=progress_callable(progress))
+            table = ghistory.outputs_table(values["voice"])
+        yield dict(zip(results, [*player_updates(paths), describe_result(paths, log), table], strict=True))
 
-    def on_select(voice, evt: gr.SelectData):
-        row = evt.row_value or []
-        if not voice or not row:
-            return gr.skip()
-        with engine_errors("Opening the output"):
-            return output_path(voice, row[-1])
+    chooser = [ui["voice"], ui["run"], ui["checkpoint"], ui["references"]]
+    shown = [ui["voice"], ui["run"], ui["checkpoint"], ui["references"], ui["outputs"], *history_selection]
+    ctx.blocks.load(on_show, chooser, shown, show_progress="hidden")
+    ui["tab"].select(on_show, chooser, shown, show_progress="hidden")
+    ui["voice"].input(on_voice, ui["voice"], shown[1:], show_progress="hidden")
+    ui["run"].input(on_run, [ui["voice"], ui["run"]], ui["checkpoint"], show_progress="hidden")
+    ui["stream"].change(lambda on: gr.Audio(visible=bool(on)), ui["stream"], ui["stream_audio"])
+    ui["generate"].click(on_generate, set(form.values()), [*results, ui["stream_audio"]])
 
-    choosers = [ui["voice"], ui["run"], ui["checkpoint"]]
-    refresh_outputs = [*choosers, ui["outputs"]]
-    ctx.blocks.load(on_refresh, choosers, refresh_outputs, show_progress="hidden")
-    ui["tab"].select(on_refresh, choosers, refresh_outputs, show_progress="hidden")
-    ui["voice"].input(on_voice, ui["voice"], [ui["run"], ui["checkpoint"], ui["outputs"]])
-    ui["run"].input(on_run, [ui["voice"], ui["run"]], ui["checkpoint"])
-    ui["generate"].click(on_generate, set(form.values()), [ui["audio"], ui["info"], ui["outputs"]])
-    ui["outputs"].select(on_select, ui["voice"], ui["audio"])
+
+def _streamed(ctx: TabContext, ui: dict, values: dict, count: int, log):
+    """Stream the first candidate into the streaming player, then speak the others; returns the paths."""
+    stream = gform.speak_streaming(ctx, values, log=log)
+    while True:
+        try:
+            chunk = next(stream)
+        except StopIteration as done:
+            first = done.value
+            break
+        yield {ui["stream_audio"]: wav_bytes(chunk.numpy())}
+    paths = [first]
+    if count > 1:
+        seed = (generate.read_output(first.parent.name, first.name).get("settings") or {}).get("seed")
+        rest = {**values, "seed": str(seed + 1), "candidates": count - 1}
+        paths += gform.speak_candidates(ctx, rest, log=log)
+    return paths

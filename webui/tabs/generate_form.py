@@ -1,0 +1,179 @@
+"""The Generate tab's form as plain functions: the choices it offers (models, checkpoints,
+reference clips), form values ⇄ :class:`engine.generate.GenerationSettings`, a past output's
+settings back into form values, and the calls into the engine with the app's synthesizer.
+
+Nothing here builds components, so the tests call it without a browser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine import conditioning, generate, paths, runs
+from webui.tabs import TabContext
+
+LATEST = "latest"
+MAX_CANDIDATES = 4
+#: Slider ranges (minimum, maximum, step) of the sampling settings.
+RANGES = {
+    "temperature": (0.05, 1.5, 0.05),
+    "top_k": (1, 100, 1),
+    "top_p": (0.05, 1.0, 0.05),
+    "repetition_penalty": (1.0, 20.0, 0.5),
+    "length_penalty": (0.5, 2.0, 0.1),
+    "speed": (0.5, 2.0, 0.05),
+    "max_seconds": (0.0, 30.0, 0.5),
+}
+#: Settings shown in the main row rather than in the Sampling accordion.
+FIELDS_SET_ELSEWHERE = ("seed",)
+#: The form fields besides the sampling settings.
+FORM_FIELDS = ("voice", "run", "checkpoint", "language", "text", "seed", "references", "candidates", "stream")
+
+
+def settings_help() -> dict[str, str]:
+    """Help text per GenerationSettings field (:data:`engine.generate.GENERATION_HELP`), capitalised."""
+    return {name: text[:1].upper() + text[1:] for name, text in generate.GENERATION_HELP.items()}
+
+
+def settings_fields() -> list[dataclasses.Field]:
+    """The sampling settings of the Sampling accordion, in declaration order."""
+    return [f for f in dataclasses.fields(generate.GenerationSettings) if f.name not in FIELDS_SET_ELSEWHERE]
+
+
+# --- choices ---------------------------------------------------------------------------------
+
+
+def model_choices(voice: str | None) -> list[tuple[str, str]]:
+    """(label, value) pairs: the base model, the voice's runs, then the imported models
+    (value ``imported:<name>``, label ``<name> (imported)``)."""
+    choices = [(generate.BASE_MODEL, generate.BASE_MODEL)]
+    choices += [(run, run) for run in (paths.list_runs(voice) if voice else [])]
+    choices += [(f"{name} (imported)", generate.IMPORTED_PREFIX + name) for name in generate.list_imported_models()]
+    return choices
+
+
+def run_choices(voice: str | None) -> list[str]:
+    """The values of :func:`model_choices`."""
+    return [value for _, value in model_choices(voice)]
+
+
+def default_model(voice: str | None) -> str:
+    """The last-named run of the voice, else the base model."""
+    runs_of_voice = paths.list_runs(voice) if voice else []
+    return runs_of_voice[-1] if runs_of_voice else generate.BASE_MODEL
+
+
+def checkpoint_choices(voice: str | None, run: str | None) -> list[str]:
+    """ "latest", then the run's complete checkpoints, newest first (only "latest" otherwise)."""
+    if not voice or not run or run == generate.BASE_MODEL or run.startswith(generate.IMPORTED_PREFIX):
+        return [LATEST]
+    complete = [c.name for c in runs.list_checkpoints(paths.run_dir(voice, run)) if c.complete]
+    return [LATEST, *reversed(complete)]
+
+
+def reference_choices(voice: str | None) -> list[tuple[str, str]]:
+    """(label, id) pairs of the voice's recordings and dataset clips (:mod:`engine.conditioning`)."""
+    return [(ref.label, ref.id) for ref in conditioning.list_references(voice)] if voice else []
+
+
+def references_info(voice: str | None) -> str:
+    """The references box's help: what an empty choice means for this voice."""
+    if not voice:
+        return "Choose a voice first."
+    available = conditioning.list_references(voice)
+    if not available:
+        return "This voice has no recordings or dataset clips yet."
+    default = conditioning.default_references(voice)
+    kind = "recording" if default[0].kind == conditioning.RECORDING else "dataset clip"
+    what = f"the voice's {kind}" if len(default) == 1 else f"all {len(default)} {kind}s of the voice"
+    return (
+        f"Empty: {what}. Up to 30 s of each is used; the conditioning latents are computed once per "
+        "choice of clips and model, then cached."
+    )
+
+
+# --- form values ⇄ settings ------------------------------------------------------------------
+
+
+def make_settings(form: dict) -> generate.GenerationSettings:
+    """GenerationSettings from the form; an empty seed draws one. Raises ValueError naming the field."""
+    hints = typing.get_type_hints(generate.GenerationSettings)
+    values = {}
+    for f in settings_fields():
+        if f.name in form and form[f.name] is not None:
+            values[f.name] = hints[f.name](form[f.name]) if hints[f.name] in (int, float, bool) else form[f.name]
+    seed = str(form.get("seed") or "").strip()
+    if seed and not seed.isdigit():
+        raise ValueError(f"seed must be a whole number or empty, got {seed!r}")
+    return generate.GenerationSettings(**values, seed=int(seed) if seed else None)
+
+
+def candidate_count(form: dict) -> int:
+    """The number of candidates asked for, 1 to :data:`MAX_CANDIDATES`. Raises ValueError."""
+    try:
+        count = int(form.get("candidates") or 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"candidates must be a whole number, got {form.get('candidates')!r}") from None
+    if not 1 <= count <= MAX_CANDIDATES:
+        raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {count}")
+    return count
+
+
+def form_from_output(meta: dict) -> dict:
+    """Form values (by field name) that generate a past output again: its text, model,
+    resolved checkpoint, language, references, seed and sampling settings; one candidate."""
+    settings = generate.settings_of(meta)
+    values = {f.name: getattr(settings, f.name) for f in settings_fields()}
+    return values | {
+        "text": meta.get("text", ""),
+        "run": meta.get("run") or generate.BASE_MODEL,
+        "checkpoint": meta.get("checkpoint") or LATEST,
+        "language": meta.get("language") or "en",
+        "references": list(meta.get("references") or []),
+        "seed": "" if settings.seed is None else str(settings.seed),
+        "candidates": 1,
+    }
+
+
+# --- calls into the engine -------------------------------------------------------------------
+
+
+def synthesizer(ctx: TabContext) -> generate.Synthesizer:
+    """The app's synthesizer for the base model of the Settings tab (made again when that changes)."""
+    base_model = ctx.settings.base_model_dir()
+    if ctx.synthesizer is None or Path(ctx.synthesizer.base_model) != Path(base_model):
+        ctx.synthesizer = generate.Synthesizer(base_model)
+    return ctx.synthesizer
+
+
+def _request(ctx: TabContext, form: dict) -> dict:
+    voice = form.get("voice")
+    if not voice:
+        raise ValueError("choose a voice first")
+    run = form.get("run") or generate.BASE_MODEL
+    return dict(
+        voice=voice, text=form.get("text") or "", run=None if run == generate.BASE_MODEL else run,
+        checkpoint=form.get("checkpoint") or LATEST, base_model=ctx.settings.base_model_dir(),
+        settings=make_settings(form), language=form.get("language") or "en",
+        references=list(form.get("references") or []) or None, synthesizer=synthesizer(ctx),
+    )  # fmt: skip
+
+
+def speak(ctx: TabContext, form: dict, log=print) -> Path:
+    """Generate one output from the form's values; returns the WAV path."""
+    return speak_candidates(ctx, {**form, "candidates": 1}, log=log)[0]
+
+
+def speak_candidates(ctx: TabContext, form: dict, log=print, progress=None) -> list[Path]:
+    """Generate the form's number of candidates (seeds seed, seed+1, …); returns the WAV paths."""
+    return generate.generate_candidates(**_request(ctx, form), candidates=candidate_count(form), log=log,
+                                        progress=progress)  # fmt: skip
+
+
+def speak_streaming(ctx: TabContext, form: dict, log=print) -> Iterator:
+    """:func:`engine.generate.stream_speech` for the form's values (one candidate): yields
+    chunks, returns the WAV path."""
+    return generate.stream_speech(**_request(ctx, form), log=log)
