@@ -30,6 +30,9 @@ from webui.tabs import (
 )
 from webui.tabs import dataset as dataset_tab
 from webui.tabs import generate as generate_tab
+from webui.tabs import generate_export as gexport
+from webui.tabs import generate_form as gform
+from webui.tabs import generate_history as ghistory
 from webui.tabs import settings as settings_tab
 from webui.tabs import training as training_tab
 from webui.tabs import training_form as tform
@@ -441,59 +444,114 @@ def test_plot_html_marks_events(tmp_path):
 
 
 def test_generation_choices_and_settings(timbre_home):
-    assert generate_tab.run_choices("anna") == [engine_generate.BASE_MODEL]
+    assert gform.run_choices("anna") == [engine_generate.BASE_MODEL]
+    assert gform.default_model("anna") == engine_generate.BASE_MODEL
     folder = TrainConfig(voice="anna", run="r").save_new().parent
     for step, complete in ((2, True), (4, True), (6, False)):
         checkpoint = folder / "checkpoints" / runs.checkpoint_name(step)
         checkpoint.mkdir(parents=True)
         if complete:
             (checkpoint / "COMPLETE").write_text("")
-    assert generate_tab.run_choices("anna") == [engine_generate.BASE_MODEL, "r"]
-    assert generate_tab.checkpoint_choices("anna", "r") == ["latest", "step-0000004", "step-0000002"]
-    assert generate_tab.checkpoint_choices("anna", engine_generate.BASE_MODEL) == ["latest"]
+    (engine_generate.imported_model_dir("imp") / "model.pth").parent.mkdir(parents=True)
+    (engine_generate.imported_model_dir("imp") / "model.pth").write_bytes(b"")
+    assert gform.run_choices("anna") == [engine_generate.BASE_MODEL, "r", "imported:imp"]
+    assert gform.model_choices("anna")[-1] == ("imp (imported)", "imported:imp")
+    assert gform.default_model("anna") == "r"
+    assert gform.checkpoint_choices("anna", "r") == ["latest", "step-0000004", "step-0000002"]
+    assert gform.checkpoint_choices("anna", engine_generate.BASE_MODEL) == ["latest"]
+    assert gform.checkpoint_choices("anna", "imported:imp") == ["latest"]
 
-    settings = generate_tab.make_settings({"temperature": 0.5, "top_k": 20.0, "split_sentences": False, "seed": " 12 "})
+    assert gform.reference_choices("anna") == []
+    assert "no recordings" in gform.references_info("anna")
+    (paths.voice_dir("anna")).mkdir(parents=True)
+    (paths.voice_dir("anna") / "take.wav").write_bytes(b"RIFF")
+    (paths.dataset_dir("anna") / "wavs").mkdir(parents=True)
+    (paths.dataset_dir("anna") / "wavs" / "c1.wav").write_bytes(b"RIFF")
+    assert gform.reference_choices("anna") == [
+        ("take.wav (recording)", "voices/anna/take.wav"),
+        ("c1.wav (dataset clip)", "datasets/anna/wavs/c1.wav"),
+    ]
+    assert gform.references_info("anna").startswith("Empty: the voice's recording.")
+
+    settings = gform.make_settings({"temperature": 0.5, "top_k": 20.0, "split_sentences": False, "seed": " 12 "})
     assert (settings.temperature, settings.top_k, settings.split_sentences, settings.seed) == (0.5, 20, False, 12)
-    assert generate_tab.make_settings({"seed": ""}).seed is None
+    assert gform.make_settings({"seed": ""}).seed is None
     with pytest.raises(ValueError, match="seed"):
-        generate_tab.make_settings({"seed": "abc"})
-    assert generate_tab.settings_help()["top_p"].startswith("Sampling restricted")
+        gform.make_settings({"seed": "abc"})
+    assert gform.settings_help()["top_p"].startswith("Sample only within")
+    assert gform.candidate_count({"candidates": 3.0}) == 3
+    with pytest.raises(ValueError, match="candidates"):
+        gform.candidate_count({"candidates": 9})
 
 
 def test_speak_uses_the_app_synthesizer(timbre_home, monkeypatch):
     calls = []
 
-    def fake_generate(voice, text, **kwargs):
-        calls.append((voice, text, kwargs))
+    def fake_candidates(voice, text, candidates=1, **kwargs):
+        calls.append((voice, text, candidates, kwargs))
         out = paths.output_dir(voice) / "x.wav"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"RIFF")
         weights = "/h/training/anna/r/checkpoints/step-0000004/model.safetensors"
-        meta = {"text": text, "run": "r", "checkpoint": "latest", "weights": weights, "settings": {"seed": 3}}
+        meta = {"text": text, "run": "r", "checkpoint": "step-0000004", "weights": weights, "language": "de",
+                "references": ["voices/anna/take.wav", "voices/anna/gone.wav"], "candidate": 2, "candidates": 2,
+                "settings": {"seed": 3, "temperature": 0.4, "max_seconds": 1.5, "unknown": 1}}  # fmt: skip
         out.with_suffix(".json").write_text(json.dumps(meta))
-        return out
+        return [out]
 
-    monkeypatch.setattr(engine_generate, "generate_speech", fake_generate)
+    monkeypatch.setattr(engine_generate, "generate_candidates", fake_candidates)
     ctx = TabContext(blocks=None, settings=AppSettings(base_model="/models/tiny"))
-    form = {"voice": "anna", "run": engine_generate.BASE_MODEL, "text": "Hi.", "seed": "3", "checkpoint": "latest"}
-    path = generate_tab.speak(ctx, form)
-    voice, text, kwargs = calls[0]
-    assert (voice, text, kwargs["run"], kwargs["base_model"]) == ("anna", "Hi.", None, "/models/tiny")
+    form = {"voice": "anna", "run": engine_generate.BASE_MODEL, "text": "Hi.", "seed": "3", "checkpoint": "latest",
+            "references": ["voices/anna/take.wav"], "candidates": 2}  # fmt: skip
+    path = gform.speak_candidates(ctx, form)[0]
+    voice, text, count, kwargs = calls[0]
+    assert (voice, text, count, kwargs["run"], kwargs["base_model"]) == ("anna", "Hi.", 2, None, "/models/tiny")
     assert kwargs["settings"].seed == 3 and kwargs["synthesizer"] is ctx.synthesizer
+    assert kwargs["references"] == ["voices/anna/take.wav"]
     synthesizer = ctx.synthesizer
-    generate_tab.speak(ctx, {**form, "run": "r"})
-    assert calls[1][2]["run"] == "r" and ctx.synthesizer is synthesizer  # kept between calls
+    gform.speak(ctx, {**form, "run": "r", "references": []})
+    assert calls[1][2] == 1 and calls[1][3]["run"] == "r" and calls[1][3]["references"] is None
+    assert ctx.synthesizer is synthesizer  # kept between calls
     ctx.release_models()
     assert ctx.synthesizer is None
 
-    table = generate_tab.outputs_table("anna")
+    table = ghistory.outputs_table("anna")
     assert list(table["file"]) == ["x.wav"] and list(table["seed"]) == [3]
-    assert list(table["checkpoint"]) == ["step-0000004"]
-    assert generate_tab.output_path("anna", "x.wav") == str(path.resolve())
+    assert list(table["checkpoint"]) == ["step-0000004"] and list(table["candidate"]) == ["2 of 2"]
+    assert ghistory.output_path("anna", "x.wav") == str(path.resolve())
     with pytest.raises(ValueError):
-        generate_tab.output_path("anna", "../../voices/anna/secret.wav")
+        ghistory.output_path("anna", "../../voices/anna/secret.wav")
     with pytest.raises(ValueError, match="choose a voice"):
-        generate_tab.speak(ctx, {**form, "voice": ""})
+        gform.speak(ctx, {**form, "voice": ""})
+
+    # "Generate again with these settings": the output's JSON back into form values.
+    values = gform.form_from_output(engine_generate.read_output("anna", "x.wav"))
+    assert (values["text"], values["run"], values["checkpoint"], values["language"]) == (
+        "Hi.",
+        "r",
+        "step-0000004",
+        "de",
+    )
+    assert (values["seed"], values["temperature"], values["max_seconds"], values["candidates"]) == ("3", 0.4, 1.5, 1)
+    assert values["top_k"] == engine_generate.GenerationSettings().top_k  # not recorded: the default
+    assert "Model: r · step-0000004" in ghistory.describe_output(engine_generate.read_output("anna", "x.wav"))
+    # What is gone by now falls back, with a warning each: the run, then the missing reference.
+    values, warnings = ghistory.fill_form("anna", "x.wav")
+    assert values["run"] == engine_generate.BASE_MODEL and values["checkpoint"] == "latest"
+    assert values["references"] == []
+    assert len(warnings) == 2 and "r no longer exists" in warnings[0] and "gone.wav" in warnings[1]
+
+
+def test_export_and_import_handlers_check_their_input(timbre_home):
+    ctx = TabContext(blocks=None, settings=AppSettings(base_model="/models/tiny"))
+    with pytest.raises(ValueError, match="choose a voice"):
+        gexport.export_zip(ctx, {"voice": "", "run": "r"})
+    with pytest.raises(ValueError, match="only a fine-tune can be exported"):
+        gexport.export_zip(ctx, {"voice": "anna", "run": engine_generate.BASE_MODEL})
+    assert gexport.suggested_name("/tmp/gradio/x/anna-ft-step-0000004.zip") == "anna-ft-step-0000004"
+    assert gexport.suggested_name("/tmp/My voice (v2)!.zip") == "My voice -v2"
+    assert gexport.suggested_name(None) == ""
+    assert generate_tab.wav_bytes([0.0, 0.5, -2.0])[:4] == b"RIFF"
 
 
 # --- Settings tab ----------------------------------------------------------------------------
