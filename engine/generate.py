@@ -110,6 +110,8 @@ class Synthesizer:
         device: "cpu", "cuda" or None for CUDA when available.
 
     ``loads`` counts full model loads (the decoder and everything); GPT switches do not count.
+    Not thread-safe: callers use one synthesizer from one task at a time (the web UI runs
+    generation and export in one queue).
     """
 
     def __init__(self, base_model: str | Path | None = None, device: str | None = None):
@@ -333,6 +335,7 @@ def generate_candidates(
     synthesizer: Synthesizer | None = None,
     progress: Callable[[float, str], None] | None = None,
     log: Callable[[str], None] = print,
+    numbering: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Speak ``text`` in ``voice``'s voice ``candidates`` times, with seeds seed, seed+1, …;
     writes each as ``outputs/<voice>/<time>-<seed>.wav`` (24 kHz) with its settings JSON beside
@@ -348,6 +351,8 @@ def generate_candidates(
         references: reference ids (:mod:`engine.conditioning`); None or empty: all recordings.
         synthesizer: a :class:`Synthesizer` to reuse (the UI keeps one).
         progress: optional ``progress(fraction, description)``.
+        numbering: (number of the first, total) recorded as ``candidate`` / ``candidates``
+            when these outputs continue a set (the first one streamed); default (1, candidates).
 
     Raises GenerationError (empty text, bad run/checkpoint/model, candidates out of range),
     ConditioningError (no usable reference), models.BaseModelError (base model missing).
@@ -360,12 +365,13 @@ def generate_candidates(
     report(0.15, "conditioning on the voice")
     latents = job.conditioning(log)
     outputs, first_seed = [], job.settings.seed
+    first, total = numbering or (1, int(candidates))
     for index in range(int(candidates)):
         job.settings = dataclasses.replace(job.settings, seed=first_seed + index)
         report(0.2 + 0.75 * index / candidates, f"speaking candidate {index + 1} of {candidates}")
         started = time.perf_counter()
         wav = job.synthesizer.synthesize(job.text, latents, job.settings, job.language)
-        extra = {"candidate": index + 1, "candidates": int(candidates)}
+        extra = {"candidate": first + index, "candidates": total}
         outputs.append(job.save(wav, None, time.perf_counter() - started, extra, log))
     report(1.0, "done")
     return outputs
@@ -412,12 +418,15 @@ def stream_speech(
     references: list[str] | None = None,
     synthesizer: Synthesizer | None = None,
     log: Callable[[str], None] = print,
+    candidates: int = 1,
 ) -> Iterator[torch.Tensor]:
     """A generator of speech chunks (1-D float32 at 24 kHz, :meth:`Synthesizer.stream`) as they
     are decoded; when it is exhausted the whole utterance has been written like
     :func:`generate_speech` (with ``"streamed": true``) and the generator *returns* its path
-    (``path = yield from stream_speech(...)``, or ``StopIteration.value``). Errors as
-    :func:`generate_candidates`, raised on the first ``next()``."""
+    (``path = yield from stream_speech(...)``, or ``StopIteration.value``). ``candidates`` > 1
+    records it as the first of that many (the others made by :func:`generate_candidates` with
+    ``numbering=(2, candidates)``). Errors as :func:`generate_candidates`, raised on the first
+    ``next()``."""
     job = _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log)
     latents = job.conditioning(log)
     started, chunks = time.perf_counter(), []
@@ -425,7 +434,8 @@ def stream_speech(
         chunks.append(chunk)
         yield chunk
     wav = torch.cat(chunks) if chunks else torch.zeros(0)
-    return job.save(wav, None, time.perf_counter() - started, {"streamed": True}, log)
+    extra = {"streamed": True} | ({"candidate": 1, "candidates": candidates} if candidates > 1 else {})
+    return job.save(wav, None, time.perf_counter() - started, extra, log)
 
 
 # --------------------------------------------------------------------------------------------

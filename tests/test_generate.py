@@ -182,7 +182,7 @@ def test_streaming_yields_chunks_and_writes_the_whole(gen_home, tiny_model):
     synth = Synthesizer(tiny_model, device="cpu")
     settings = GenerationSettings(seed=5, max_seconds=1.5, split_sentences=False)
     stream = generate.stream_speech("anna", "Streaming speech.", base_model=tiny_model, settings=settings,
-                                    synthesizer=synth)  # fmt: skip
+                                    synthesizer=synth, candidates=3)  # fmt: skip
     chunks = []
     with pytest.raises(StopIteration) as done:
         while True:
@@ -193,6 +193,7 @@ def test_streaming_yields_chunks_and_writes_the_whole(gen_home, tiny_model):
     np.testing.assert_allclose(wav_samples(path), np.clip(whole, -1, 1), atol=1 / 32767 + 1e-6)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["streamed"] is True and meta["settings"]["seed"] == 5
+    assert (meta["candidate"], meta["candidates"]) == (1, 3)  # the first of three; the others follow
 
 
 def test_generation_errors_name_the_problem(gen_home, tiny_model):

@@ -542,6 +542,32 @@ def test_speak_uses_the_app_synthesizer(timbre_home, monkeypatch):
     assert len(warnings) == 2 and "r no longer exists" in warnings[0] and "gone.wav" in warnings[1]
 
 
+def test_streamed_generation_streams_the_first_candidate_then_speaks_the_rest(timbre_home, monkeypatch):
+    first = paths.output_dir("anna") / "first.wav"
+    first.parent.mkdir(parents=True)
+    first.write_bytes(b"RIFF")
+    first.with_suffix(".json").write_text(json.dumps({"settings": {"seed": 20}}))
+    calls = {}
+
+    def fake_stream(ctx, values, log=print, candidates=1):
+        calls["stream"] = candidates
+        yield from ()  # no chunk: the generator only returns its path
+        return first
+
+    def fake_candidates(ctx, values, log=print, progress=None, numbering=None):
+        calls["rest"] = (values["seed"], values["candidates"], numbering)
+        return [first.with_name("second.wav")]
+
+    monkeypatch.setattr(gform, "speak_streaming", fake_stream)
+    monkeypatch.setattr(gform, "speak_candidates", fake_candidates)
+    ui = {"stream_audio": object()}
+    streamed = generate_tab._streamed(None, ui, {"seed": ""}, 2, [])
+    with pytest.raises(StopIteration) as done:
+        next(streamed)
+    assert [p.name for p in done.value.value] == ["first.wav", "second.wav"]
+    assert calls == {"stream": 2, "rest": ("21", 1, (2, 2))}
+
+
 def test_export_and_import_handlers_check_their_input(timbre_home):
     ctx = TabContext(blocks=None, settings=AppSettings(base_model="/models/tiny"))
     with pytest.raises(ValueError, match="choose a voice"):

@@ -210,12 +210,12 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     ui["voice"].input(on_voice, ui["voice"], shown[1:], show_progress="hidden")
     ui["run"].input(on_run, [ui["voice"], ui["run"]], ui["checkpoint"], show_progress="hidden")
     ui["stream"].change(lambda on: gr.Audio(visible=bool(on)), ui["stream"], ui["stream_audio"])
-    ui["generate"].click(on_generate, set(form.values()), [*results, ui["stream_audio"]])
+    ui["generate"].click(on_generate, set(form.values()), [*results, ui["stream_audio"]], **gform.SYNTHESIZER_QUEUE)
 
 
 def _streamed(ctx: TabContext, ui: dict, values: dict, count: int, log):
     """Stream the first candidate into the streaming player, then speak the others; returns the paths."""
-    stream = gform.speak_streaming(ctx, values, log=log)
+    stream = gform.speak_streaming(ctx, values, log=log, candidates=count)
     while True:
         try:
             chunk = next(stream)
@@ -227,5 +227,5 @@ def _streamed(ctx: TabContext, ui: dict, values: dict, count: int, log):
     if count > 1:
         seed = (generate.read_output(first.parent.name, first.name).get("settings") or {}).get("seed")
         rest = {**values, "seed": str(seed + 1), "candidates": count - 1}
-        paths += gform.speak_candidates(ctx, rest, log=log)
+        paths += gform.speak_candidates(ctx, rest, log=log, numbering=(2, count))
     return paths

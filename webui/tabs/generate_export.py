@@ -99,7 +99,8 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         status = f"Imported as **{folder.name}**: choose “{folder.name} (imported)” as the model to speak with it."
         return gr.Dropdown(choices=choices, value=run), status, None, ""
 
-    ui["export"].click(on_export, set(export_form.values()), [ui["export_file"], ui["export_status"]])
+    export_outputs = [ui["export_file"], ui["export_status"]]
+    ui["export"].click(on_export, set(export_form.values()), export_outputs, **gform.SYNTHESIZER_QUEUE)
     ui["import_file"].upload(on_upload, [ui["import_file"], ui["import_name"]], ui["import_name"])
     ui["import"].click(
         on_import,

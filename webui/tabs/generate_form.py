@@ -29,6 +29,9 @@ RANGES = {
 }
 #: Settings shown in the main row rather than in the Sampling accordion.
 FIELDS_SET_ELSEWHERE = ("seed",)
+#: Concurrency group of the events that use the app's synthesizer (generate, export): one at a
+#: time, since switching weights in the middle of another's generation would mix them.
+SYNTHESIZER_QUEUE = {"concurrency_id": "synthesizer", "concurrency_limit": 1}
 #: The form fields besides the sampling settings.
 FORM_FIELDS = ("voice", "run", "checkpoint", "language", "text", "seed", "references", "candidates", "stream")
 
@@ -167,13 +170,14 @@ def speak(ctx: TabContext, form: dict, log=print) -> Path:
     return speak_candidates(ctx, {**form, "candidates": 1}, log=log)[0]
 
 
-def speak_candidates(ctx: TabContext, form: dict, log=print, progress=None) -> list[Path]:
-    """Generate the form's number of candidates (seeds seed, seed+1, …); returns the WAV paths."""
+def speak_candidates(ctx: TabContext, form: dict, log=print, progress=None, numbering=None) -> list[Path]:
+    """Generate the form's number of candidates (seeds seed, seed+1, …); returns the WAV paths.
+    ``numbering``: see :func:`engine.generate.generate_candidates`."""
     return generate.generate_candidates(**_request(ctx, form), candidates=candidate_count(form), log=log,
-                                        progress=progress)  # fmt: skip
+                                        progress=progress, numbering=numbering)  # fmt: skip
 
 
-def speak_streaming(ctx: TabContext, form: dict, log=print) -> Iterator:
-    """:func:`engine.generate.stream_speech` for the form's values (one candidate): yields
-    chunks, returns the WAV path."""
-    return generate.stream_speech(**_request(ctx, form), log=log)
+def speak_streaming(ctx: TabContext, form: dict, log=print, candidates: int = 1) -> Iterator:
+    """:func:`engine.generate.stream_speech` for the form's values (the first of ``candidates``):
+    yields chunks, returns the WAV path."""
+    return generate.stream_speech(**_request(ctx, form), log=log, candidates=candidates)

@@ -68,7 +68,8 @@ def fill_form(voice: str, name: str) -> tuple[dict, list[str]]:
         values["run"] = generate.BASE_MODEL
     checkpoints = gform.checkpoint_choices(voice, values["run"])
     if values["checkpoint"] not in checkpoints:
-        warnings.append(f"checkpoint {values['checkpoint']} no longer exists: using the latest")
+        if not warnings:  # a deleted run has no checkpoints to speak of
+            warnings.append(f"checkpoint {values['checkpoint']} no longer exists: using the latest")
         values["checkpoint"] = gform.LATEST
     available = [ref_id for _, ref_id in gform.reference_choices(voice)]
     gone = [r for r in values["references"] if r not in available]
