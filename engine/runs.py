@@ -568,8 +568,9 @@ def failure_excerpt(run_dir: str | os.PathLike, lines: int = 12) -> str:
 
     The trainer logs its traceback to train.log; a crash before its log exists (an import
     error, a killed interpreter) leaves it in process.log. Returns at most ``lines`` lines
-    ending with the exception line; without a traceback, the last ``lines`` lines of
-    process.log (else train.log); "" when both are missing.
+    from the traceback to the end of that log (the exception line and the trainer's last
+    words); without a traceback, the last ``lines`` lines of process.log (else train.log);
+    "" when both are missing.
     """
     run_dir = Path(run_dir)
     tails = {name: tail_lines(run_dir / name, 80) for name in (TRAIN_LOG, PROCESS_LOG)}

@@ -82,11 +82,10 @@ def test_record_transcribe_train_generate(app_url, page, speech_voice, faster_wh
     expect(state).to_have_text("finished", timeout=150_000)
     no_gradio_error(page)
     expect(page.locator("#training-status")).to_contain_text("step 12 / 12")
-    for plot in ("training-plot-text", "training-plot-mel", "training-plot-validation"):
-        expect(page.locator(f"#{plot} g.mark-line path").first).to_be_attached(timeout=15_000)
-        path = page.locator(f"#{plot} g.mark-line path").first.get_attribute("d") or ""
-        assert path.count("L") >= 1, f"{plot}: no line drawn ({path!r})"
-    expect(page.locator("#training-plot-validation g.mark-line path")).to_have_count(2)  # text and mel CE
+    for curve in ("text_ce-train", "mel_ce-train", "text_ce-validation", "mel_ce-validation"):
+        path = page.locator(f'#training-plot [id="curve-{RUN}-{curve}"] path').first
+        expect(path).to_be_attached(timeout=15_000)
+        assert (path.get_attribute("d") or "").count("L") >= 1, f"{curve}: no line drawn"
     expect(textbox(page, "training-log")).to_have_value(re.compile("finished at step 12"))
     print(f"stopped: {stopped_at!r}")
     shot(page, "2-training")

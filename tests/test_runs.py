@@ -349,3 +349,32 @@ def test_list_run_statuses(home):
     statuses = runs.list_run_statuses("alice")
     assert [(s.run, s.state) for s in statuses] == [("a", "new"), ("b", "finished")]
     assert runs.list_run_statuses("bob") == []
+
+
+def test_failure_excerpt_prefers_the_traceback(home):
+    run_dir = make_run()
+    assert runs.failure_excerpt(run_dir) == ""
+    (run_dir / "process.log").write_text("=== start\nKilled\n")
+    assert runs.failure_excerpt(run_dir) == "=== start\nKilled"
+    lines = [f"  frame {i}" for i in range(20)]
+    (run_dir / "train.log").write_text(
+        "step 1\ntraining failed:\nTraceback (most recent call last):\n" + "\n".join(lines) + "\nValueError: bad\n"
+    )
+    excerpt = runs.failure_excerpt(run_dir, lines=5)
+    assert excerpt.splitlines() == ["  frame 16", "  frame 17", "  frame 18", "  frame 19", "ValueError: bad"]
+    write_status(run_dir, state="failed", step=1, exit_code=1, message="ValueError: bad")
+    assert "ValueError: bad" in runs.run_status("alice", "r1").failure_lines
+
+
+def test_status_epoch_progress_and_last_good_step(home):
+    run_dir = make_run()
+    add_checkpoint(run_dir, 3)
+    write_status(run_dir, state="stopped", step=5, epoch=1.25, message="stopped at step 5")
+    status = runs.run_status("alice", "r1")
+    assert (status.epoch, status.epoch_progress, status.epochs, status.last_good_step) == (1, 1.25, 10, None)
+    spike = {"event": "spike", "step": 4, "epoch": 1.0, "loss": 9.0, "last_good_step": 3}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(spike) + "\n")
+    assert runs.run_status("alice", "r1").last_good_step == 3
+    spike["last_good_step"] = 2  # pruned since: nothing to start from
+    (run_dir / "metrics.jsonl").write_text(json.dumps(spike) + "\n")
+    assert runs.run_status("alice", "r1").last_good_step is None

@@ -107,6 +107,16 @@ def test_app_builds_with_tabs_and_stable_ids(timbre_home):
     assert any(isinstance(block, gr.Timer) for block in demo.blocks.values())
 
 
+def test_training_monitor_has_its_own_concurrency_group(timbre_home):
+    """The timer's refresh never queues behind a long transcription or generation: the app's
+    default limit of 1 applies per concurrency group, and the monitor events have their own."""
+    demo = build_app(base_model=timbre_home / "model")
+    training = [fn for fn in demo.fns.values() if getattr(fn.fn, "__module__", "") == training_tab.__name__]
+    monitor = {fn.name for fn in training if fn.concurrency_id == training_tab.MONITOR}
+    assert monitor == {"on_tick", "on_change"}
+    assert all(fn.concurrency_id != training_tab.MONITOR for fn in demo.fns.values() if fn.name not in monitor)
+
+
 def test_importing_builds_nothing_and_cli_parses():
     code = "import gradio, webui.app, webui.tabs.training; print(len(gradio.context.Context.root_block or []))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -188,7 +198,11 @@ def test_dataset_view_reads_the_report_and_edits(timbre_home):
     clips = values["clips"]
     assert list(clips.columns) == dataset_editor.CLIP_COLUMNS
     assert list(clips["clip"]) == ["take_00000", "take_00001", "take_00002"]
-    assert list(clips["split"]) == ["train", "train", "validation"] and list(clips["sec"]) == [1.5, 2.5, 3.5]
+    assert (
+        list(clips["split"]) == ["train", "train", "validation"]
+        and list(clips["sec"]) == [1.5, 2.5, 3.5]
+        and list(clips["dBFS"]) == [-20, -21, -22]
+    )
     assert list(clips["flags"]) == ["", "silence at end 0.9 s", ""]
     assert list(values["skipped"]["file"]) == ["notes.wav", "take.wav"]
     assert "too short" in values["skipped"]["reason"].iloc[1]
@@ -403,7 +417,7 @@ def test_refresh_sends_only_what_changed(timbre_home):
     write_dataset("anna")
     folder = TrainConfig(voice="anna", run="r").save_new().parent
     ui = {name: name for name in ("view", "plot", "status", "log", "run_table", "start", "stop", "checkpoint",
-                                  "spike", "config_box", "compare", "branch_name")}  # fmt: skip
+                                  "spike", "config_box", "compare", "branch_name", "runs")}  # fmt: skip
     view = training_tab.new_view()
     out = training_tab.refresh(ui, view, "anna", "r", [], "step")
     assert "No metrics yet" in out["plot"] and "**new**" in out["status"] and out["start"].value == "Resume"
@@ -432,7 +446,7 @@ def test_plot_html_marks_events(tmp_path):
     series.add_rows(rows)
     html = tplots.plot_html({"run 1": series, "other": RunSeries()}, "step")
     for gid in ("curve-run_1-mel_ce-train", "curve-run_1-mel_ce-smooth", "curve-run_1-text_ce-validation",
-                "curve-run_1-lr-train", "curve-run_1-grad_norm-train", "marks-run_1-spike", "marks-run_1-skipped",
+                "curve-run_1-lr-train", "curve-run_1-grad_norm-train", "marks-run_1-spike", "marks-run_1-skipped-lr",
                 "marks-run_1-checkpoint-mel_ce", "marks-run_1-best"):  # fmt: skip
         assert f'id="{gid}"' in html, gid
     assert 'data-points="41"' in html and 'data-runs="run 1,other"' in html

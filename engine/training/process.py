@@ -126,19 +126,23 @@ def running_pid(run_dir: str | os.PathLike) -> int | None:
     return runs.live_trainer_pid(folder)
 
 
+def _gpu_sharers(gpus: list[int], folder: Path) -> list[Path]:
+    """Run folders other than ``folder`` whose train.pid lists any of ``gpus``."""
+    found = []
+    for pid_file in sorted(paths.training_dir().glob(f"*/*/{runs.PID_FILE}")) if gpus else []:
+        other = pid_file.parent.resolve()
+        info = runs.read_pid_file(other) or {}
+        if other != folder and set(gpus) & {g for g in info.get("gpus") or [] if isinstance(g, int)}:
+            found.append(other)
+    return found
+
+
 def _gpu_conflict(gpus: list[int], folder: Path) -> str | None:
     """A description of a live trainer of another run that uses any of ``gpus``, or None."""
-    if not gpus:
-        return None
-    base = paths.training_dir()
-    for pid_file in sorted(base.glob(f"*/*/{runs.PID_FILE}")):
-        other = pid_file.parent.resolve()
-        if other == folder:
-            continue
-        info = runs.read_pid_file(other) or {}
-        shared = sorted(set(gpus) & {g for g in info.get("gpus") or [] if isinstance(g, int)})
+    for other in _gpu_sharers(gpus, folder):
         pid = running_pid(other)
-        if shared and pid is not None:
+        if pid is not None:
+            shared = sorted(set(gpus) & set((runs.read_pid_file(other) or {}).get("gpus") or []))
             return (
                 f"GPU {', '.join(map(str, shared))} already used by run {other.name!r} of voice "
                 f"{other.parent.name!r} (pid {pid}); stop it or choose other GPUs"
@@ -173,8 +177,9 @@ def start_training(config_path: str | os.PathLike, *, extra_env: dict[str, str] 
         raise ConfigError(f"{config_path}: voice and run must be set to train")
     folder = config.run_dir().resolve()
     gpus = _gpu_ids(config)
-    if running_pid(folder) is not None and (runs.read_status(folder) or {}).get("state") in FINAL_STATES:
-        wait_for_exit(folder, EXIT_GRACE_S)  # it has reported its end and is only exiting
+    for other in [folder, *_gpu_sharers(gpus, folder)]:
+        if running_pid(other) is not None and (runs.read_status(other) or {}).get("state") in FINAL_STATES:
+            wait_for_exit(other, EXIT_GRACE_S)  # it has reported its end and is only exiting
     with _REGISTRY.lock:
         pid = running_pid(folder)
         if pid is not None:

@@ -35,7 +35,7 @@ GPU_PROBE_TTL_S = 60.0
 
 def new_view() -> dict:
     """Per-page monitor state: what is shown, the series read so far, the last signature."""
-    return {"key": None, "series": {}, "signature": None}
+    return {"key": None, "series": {}, "signature": None, "choices": None}
 
 
 def shown_runs(voice: str | None, run: str | None, compare: list | None) -> list[str]:
@@ -96,7 +96,9 @@ def refresh(ui: dict, view: dict, voice, run, compare, axis, force: bool = False
         best = series.best_validation() if series else None
         last_good = status.last_good_step if status else None
         choices = truns.checkpoint_choices(voice_key, run, best[0] if best else None, last_good)
-        checkpoint = {"value": choices[0][1] if choices else None} if fresh else {}
+        # The newest checkpoint is preselected when the list changes (the user's pick otherwise stays).
+        checkpoint = {"value": choices[0][1] if choices else None} if fresh or choices != view["choices"] else {}
+        view["choices"] = choices
         out |= {
             ui["status"]: text,
             ui["log"]: log,
@@ -112,6 +114,7 @@ def refresh(ui: dict, view: dict, voice, run, compare, axis, force: bool = False
             else gr.Button(visible=False),
         }
     if fresh:
+        out[ui["runs"]] = gr.Dropdown(choices=all_runs, value=run if run in all_runs else None)
         out[ui["config_box"]] = gr.Accordion(open=truns.existing_run(voice_key, run) is None)
         out[ui["compare"]] = gr.Dropdown(choices=[r for r in all_runs if r != run])
         out[ui["branch_name"]] = truns.suggest_run_name(voice_key)
@@ -186,7 +189,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     live = [
         ui[k]
         for k in ("view", "plot", "status", "log", "run_table", "start", "stop", "checkpoint", "spike",
-                  "config_box", "compare", "branch_name")
+                  "config_box", "compare", "branch_name", "runs")
     ]  # fmt: skip
     monitor_events = {"concurrency_limit": 1, "concurrency_id": MONITOR, "show_progress": "hidden"}
     probe = {"gpus": None, "at": 0.0}

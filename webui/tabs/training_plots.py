@@ -82,7 +82,10 @@ def _draw_run(axes: dict, name: str, series: RunSeries, axis: str, color: str) -
         if len(train):
             xs, ys = _xy(train, axis)
             smoothed = len(train) >= SMOOTH_FROM
-            ax.plot(xs, ys, color=color, lw=0.8, alpha=0.35 if smoothed else 0.9, gid=f"curve-{tag}-{key}-train")
+            dots = {"marker": "o", "ms": 3} if len(train) < 3 else {}  # one point draws no line
+            ax.plot(
+                xs, ys, color=color, lw=0.8, alpha=0.35 if smoothed else 0.9, gid=f"curve-{tag}-{key}-train", **dots
+            )
             if smoothed:
                 average = smooth(train.value, 0.9)
                 keep = thin(len(train), MAX_POINTS)
@@ -96,6 +99,7 @@ def _draw_run(axes: dict, name: str, series: RunSeries, axis: str, color: str) -
         if len(points):
             xs, ys = _xy(points, axis)
             style = {"drawstyle": "steps-post"} if key == "lr" else {}
+            style |= {"marker": "o", "ms": 3} if len(points) < 3 else {}
             axes[key].plot(xs, ys, color=color, lw=1.2, gid=f"curve-{tag}-{key}-train", **style)
     _draw_events(axes, tag, series, axis, color)
 
@@ -115,9 +119,13 @@ def _draw_events(axes: dict, tag: str, series: RunSeries, axis: str, color: str)
         values = dict(zip(train.step, train.value, strict=True))
         ys = [values.get(e.step, e.value) for e in spikes]
         mel.plot([_x_at(series, e, axis) for e in spikes], ys, "X", color="#dc2626", ms=9, gid=f"marks-{tag}-spike")
-    for event in series.events_of("skipped_step"):
-        for ax in axes.values():
-            ax.axvline(_x_at(series, event, axis), color="#f59e0b", ls="--", lw=1, gid=f"marks-{tag}-skipped")
+    skipped = [_x_at(series, e, axis) for e in series.events_of("skipped_step")]
+    if skipped:
+        for key, ax in axes.items():
+            ax.vlines(
+                skipped, 0, 1, transform=ax.get_xaxis_transform(), colors="#f59e0b", linestyles="--", lw=1,
+                gid=f"marks-{tag}-skipped-{key}",
+            )  # fmt: skip
     ooms = [_x_at(series, e, axis) for e in series.events if e.kind.startswith("oom")]
     if ooms:
         mel.plot(

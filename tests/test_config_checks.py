@@ -1,0 +1,81 @@
+"""engine.config.check_against_dataset and engine.hardware: warnings and batch suggestions."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import hardware
+from engine.config import ConfigError, TrainConfig, check_against_dataset, count_dataset_clips
+from engine.hardware import GpuMemory, suggest_batch
+
+GIB = 1024**3
+
+
+def test_sensible_config_has_no_warnings():
+    config = TrainConfig(epochs=10, batch_size=4, milestones=[5], validate_every=1, save_every=2)
+    assert check_against_dataset(config, n_train_clips=200, n_validation_clips=20) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "clips", "expected"),
+    [
+        ({"batch_size": 8}, (5, 1), "larger than the 5 training clips"),
+        ({"batch_size": 4}, (10, 1), "Only 3 optimizer step(s) per epoch"),
+        ({}, (0, 0), "no training clips"),
+        ({}, (100, 0), "No validation clips"),
+        ({"validate_every": 0}, (100, 5), "validate_every is 0"),
+        ({"epochs": 3, "validate_every": 4}, (100, 5), "validate_every 4 is more than the 3 epochs"),
+        ({"epochs": 3, "save_every": 5}, (100, 5), "only the final checkpoint"),
+        ({"milestones": [2], "gamma": 1.0}, (100, 5), "gamma is 1"),
+        ({"max_steps": 10}, (100, 5), "before the first epoch ends (25 steps)"),
+        ({"learning_rate": 1e-3}, (100, 5), "200x coqui's recipe"),
+    ],
+)
+def test_warnings(settings, clips, expected):
+    warnings = check_against_dataset(TrainConfig(**settings), *clips)
+    assert any(expected in w for w in warnings), warnings
+
+
+def test_hard_errors_stay_in_post_init():
+    with pytest.raises(ConfigError, match="milestones: must lie within 1..9"):
+        TrainConfig(epochs=10, milestones=[10])
+    with pytest.raises(ConfigError, match="divisible by gradient_accumulation x GPUs = 4: try 4 or 8"):
+        TrainConfig(batch_size=6, gradient_accumulation=2, gpus=2)
+
+
+def test_count_dataset_clips(tmp_path):
+    assert count_dataset_clips(tmp_path) == (0, 0)
+    (tmp_path / "train.csv").write_text("audio_file|text|speaker_name\na.wav|A.|x\nb.wav|B.|x\n\n")
+    (tmp_path / "validation.csv").write_text("audio_file|text|speaker_name\nc.wav|C.|x\n")
+    assert count_dataset_clips(tmp_path) == (2, 1)
+
+
+def test_micro_batch_rule_of_thumb():
+    assert hardware.micro_batch_for_memory(11.5) == 2  # a 12 GB card
+    assert hardware.micro_batch_for_memory(15.5) == 3  # 16 GB: coqui's recipe uses 3
+    assert hardware.micro_batch_for_memory(11.5, "bf16") == 3
+    assert hardware.micro_batch_for_memory(4.0) == 1
+    assert hardware.micro_batch_for_memory(140.0) == hardware.MAX_MICRO_BATCH
+
+
+def test_suggest_batch():
+    cpu = suggest_batch([], 100)
+    assert (cpu.batch_size, cpu.gradient_accumulation, cpu.gpus) == (2, 1, 0) and "No GPU found" in cpu.reason
+    small = suggest_batch([GpuMemory(0, "RTX 3060", int(11.5 * GIB), 12 * GIB)], 200)
+    assert (small.batch_size, small.gradient_accumulation, small.gpus) == (8, 4, 1)
+    assert "RTX 3060: 11.5 of 12.0 GiB free" in small.reason
+    two = [GpuMemory(0, "H100", 70 * GIB, 80 * GIB), GpuMemory(1, "H100", 20 * GIB, 80 * GIB)]
+    big = suggest_batch(two, 1000)
+    assert (big.batch_size, big.gradient_accumulation, big.gpus) == (10, 1, 2)  # the fuller GPU decides: 5 each
+    tiny_dataset = suggest_batch([GpuMemory(0, "A100", 70 * GIB, 80 * GIB)], 6)
+    assert tiny_dataset.batch_size <= 3  # at least two steps per epoch
+    for suggestion in (cpu, small, big, tiny_dataset):
+        gpus = max(1, suggestion.gpus)
+        assert suggestion.batch_size % (suggestion.gradient_accumulation * gpus) == 0
+
+
+def test_gpu_memory_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.gpu_memory() == []
