@@ -244,10 +244,12 @@ def write_metadata(out_dir: Path, report: dict) -> list[str]:
 
 
 def _csv_bytes(rows: list[dict], voice: str) -> bytes:
-    # csv quoting (only for a text holding a double quote) is what coqui's "coqui"
-    # formatter reads back: csv.DictReader(delimiter="|").
+    # No csv quoting: engine.training.data reads with quoting=csv.QUOTE_NONE, so a quoted
+    # field ('"He said ""hi"""') would be trained on with its quotes doubled. Unquoted, a text
+    # holding '"' reads back as typed there, and in coqui's "coqui" formatter (csv.DictReader)
+    # too unless the text starts with '"'. clean_text keeps "|" and line breaks out.
     buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter="|", lineterminator="\n")
+    writer = csv.writer(buffer, delimiter="|", lineterminator="\n", quoting=csv.QUOTE_NONE, quotechar=None)
     writer.writerow(CSV_HEADER)
     writer.writerows((row["audio_file"], clean_text(row["text"]), voice) for row in rows)
     return buffer.getvalue().encode("utf-8")

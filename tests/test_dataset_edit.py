@@ -96,6 +96,17 @@ def test_edit_exclude_restore_and_revert(home):
     assert dataset_edit.edit_text(VOICE, first["audio_file"], first["whisper_text"])["origin"] == "manual"
 
 
+def test_typed_quotes_reach_the_trainer_as_typed(home):
+    from engine.training.data import read_metadata
+
+    clip = dataset_edit.list_clips(VOICE)[0]
+    dataset_edit.edit_text(VOICE, clip["audio_file"], 'He said "hi" and left.')
+    folder = home / "datasets" / VOICE
+    clips = read_metadata(folder / f"{clip['split']}.csv")
+    assert [c.text for c in clips if c.audio_path.name == Path(clip["audio_file"]).name] == ['He said "hi" and left.']
+    assert csv_rows(home)[clip["audio_file"]]["text"] == 'He said "hi" and left.'  # coqui's reader too
+
+
 def test_edits_survive_prepare_and_only_new_recordings_are_transcribed(
     home, espeak_wav, monkeypatch, faster_whisper_model_path
 ):

@@ -40,8 +40,9 @@ def visible_rows(quality: dict | None, show: str = "all") -> list[dict]:
 
 
 def clip_table(quality: dict | None, show: str = "all") -> pd.DataFrame:
-    """The clips table: name (without ``.wav``), split (``excluded`` for a left-out clip), seconds, RMS level in
-    dBFS, the transcript trained on (``✎`` marks a typed or re-transcribed one) and flags."""
+    """The clips table: name (without ``.wav``), split (``excluded`` for a left-out clip),
+    seconds (to 0.1 s), RMS level in dBFS (to 1 dB), the transcript trained on (``✎`` marks a
+    typed or re-transcribed one) and the quality flags."""
     rows = []
     for row in visible_rows(quality, show):
         mark = "" if row.get("origin", "whisper") == "whisper" else "✎ "
@@ -50,8 +51,8 @@ def clip_table(quality: dict | None, show: str = "all") -> pd.DataFrame:
             [
                 Path(row["audio_file"]).stem,
                 row["split"],
-                round(row["duration"], 2),
-                None if level is None else round(level, 1),
+                round(row["duration"], 1),
+                None if level is None else round(level),
                 mark + row["text"],
                 "; ".join(row["flags"]),
             ]
@@ -175,7 +176,7 @@ def build(ui: dict) -> None:
                 interactive=False,
                 wrap=True,
                 max_height=420,
-                column_widths=["15%", "14%", "7%", "7%", "36%", "21%"],
+                column_widths=["17%", "14%", "6%", "7%", "35%", "21%"],
                 elem_id="dataset-clips",
             )
         with gr.Column(scale=3, elem_id="dataset-clip-panel"):
