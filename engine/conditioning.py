@@ -40,9 +40,10 @@ RECORDING = "recording"
 CLIP = "dataset clip"
 LATENTS_DIR = ".latents"
 
-#: Seconds of each reference used, and the chunk length of the GPT conditioning (coqui's
-#: ``get_conditioning_latents`` reads up to ``max_ref_length=30`` s per file; XttsConfig's
-#: ``gpt_cond_len`` is 30 s; 6 s chunks are what coqui's fine-tuning demo uses).
+#: Seconds of each reference file read (coqui's ``get_conditioning_latents(max_ref_length=30)``),
+#: and the chunk length of the GPT conditioning over the first 30 s of their concatenation.
+#: coqui's own presets are shorter (``get_conditioning_latents``: 6 s in one chunk; XttsConfig,
+#: used by ``synthesize``: 12 s in 4 s chunks); 30 s lets several chosen clips all contribute.
 MAX_REFERENCE_SECONDS = 30
 CHUNK_SECONDS = 6
 

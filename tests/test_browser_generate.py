@@ -11,6 +11,7 @@ sentence: the tiny model's HiFi-GAN decoder is what takes the time on CPU. Scree
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import zipfile
 
@@ -40,6 +41,8 @@ def player(page, elem_id: str):
 
 
 def test_generate_tab_candidates_history_export_import(generate_home, tiny_model, browser):
+    if shutil.which("ffmpeg") is None:  # Gradio encodes streamed audio with the ffmpeg program
+        pytest.fail("ffmpeg is not installed (apt-get install ffmpeg); streaming playback needs it")
     started = time.monotonic()
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
