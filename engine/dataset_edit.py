@@ -200,9 +200,10 @@ def assign_splits(clips: list[dict], validation_fraction: float, seed: int) -> N
 
 
 def summarise(per_clip: list[dict], edits: dict[str, dict]) -> dict:
-    """Counts for report.json: ``clips`` (all, on disk), ``train``, ``validation``, ``excluded``,
-    ``edited`` (clips whose text was saved by the user or re-transcribed), ``unmatched_edits`` (edits whose
-    clip no longer exists) and ``total_seconds`` (of the train and validation clips)."""
+    """Counts for report.json: ``clips`` (all, on disk), ``train``, ``validation``,
+    ``excluded``, ``edited`` (clips whose text the user saved or had re-transcribed),
+    ``unmatched_edits`` (edits whose clip no longer exists) and ``total_seconds`` (of the
+    train and validation clips)."""
     keys = {clip.get("key") for clip in per_clip}
     return {
         "clips": len(per_clip),
