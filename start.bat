@@ -16,7 +16,7 @@ set REQ=requirements.txt
 if "%MODE%"=="test" set REQ=requirements-test.txt
 .venv\Scripts\python.exe -m pip install -r %REQ% || exit /b 1
 if "%MODE%"=="test" (
-  rem The tests also need espeak-ng, sox and Chromium on PATH.
+  rem The tests also need espeak-ng, sox, ffmpeg and Chromium on PATH.
   .venv\Scripts\python.exe -m pytest %1 %2 %3 %4 %5 %6 %7 %8 %9
   exit /b %ERRORLEVEL%
 )

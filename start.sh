@@ -25,10 +25,12 @@ if [ ! -f "$stamp" ]; then
 fi
 
 if [ "$mode" = test ]; then
-  # The tests speak with espeak-ng, convert with sox and drive a real headless Chromium.
+  # The tests speak with espeak-ng, convert with sox, drive a real headless Chromium, and
+  # Gradio encodes streamed audio with ffmpeg.
   missing=()
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
   command -v sox >/dev/null || missing+=(sox)
+  command -v ffmpeg >/dev/null || missing+=(ffmpeg)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

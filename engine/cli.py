@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
     p.add_argument("--learning-rate-factor", type=float, default=0.5, help="new learning rate = old x this")
 
+    p = sub.add_parser("export", help="pack a run's checkpoint into a zip that coqui-tts's Xtts loads")
+    p.add_argument("voice")
+    p.add_argument("run")
+    p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
+    p.add_argument("--out", type=Path, default=None, help="zip path (default outputs/VOICE/exports/…)")
+
+    p = sub.add_parser("import", help="unpack an exported zip into models/imported/NAME/")
+    p.add_argument("zip", type=Path)
+    p.add_argument("name")
+
     p = sub.add_parser("train", help="train (or resume) the run described by a train.yaml")
     p.add_argument("config", type=Path)
 
@@ -141,6 +151,16 @@ def _run(args) -> int:
 
         path = branch_run(args.voice, args.run, args.new_run, args.checkpoint, args.learning_rate_factor)
         print(f"wrote {path}")
+        return 0
+    if args.command == "export":
+        from engine.export import export_model
+
+        print(export_model(args.voice, args.run, checkpoint=args.checkpoint, out=args.out))
+        return 0
+    if args.command == "import":
+        from engine.export import import_model
+
+        print(import_model(args.zip, args.name))
         return 0
     if args.command == "train":
         from engine.training.loop import train

@@ -139,6 +139,15 @@ def test_cli_flow(speech_home: Path, tiny_model: Path):
     assert samples.size > 0.2 * 24000 and np.sqrt(np.mean(samples**2)) > 1e-3, "generated audio is silent"
     assert json.loads(out.with_suffix(".json").read_text())["run"] == "first"
 
+    # hand the fine-tune to someone else: export a zip, import it under a name
+    result = run_engine(["export", "anna", "first", "--out", str(home / "anna.zip")], home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_engine(["import", str(home / "anna.zip"), "anna-shared"], home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (home / "models" / "imported" / "anna-shared" / "model.pth").is_file()
+    again = run_engine(["import", str(home / "anna.zip"), "anna-shared"], home)
+    assert again.returncode != 0 and "error:" in again.stderr, "an import never overwrites"
+
 
 def test_prepare_cli_with_openai_whisper_checkpoint_file(speech_home: Path, tiny_openai_whisper_checkpoint, tmp_path):
     """``prepare --backend openai-whisper --whisper-model FILE`` loads the checkpoint from the
