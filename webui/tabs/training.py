@@ -130,7 +130,7 @@ def build(ctx: TabContext) -> dict:
         with gr.Row(equal_height=True):
             ui["voice"] = gr.Dropdown(label="Voice", choices=[], elem_id="training-voice")
             ui["runs"] = gr.Dropdown(
-                label="Existing runs", choices=[], info="Select one to watch, resume or compare it.",
+                label="Existing runs", choices=[], info="Select one to watch or resume it.",
                 elem_id="training-runs",
             )  # fmt: skip
             ui["run_name"] = gr.Textbox(
