@@ -206,6 +206,16 @@ def test_live_run_reattaches_after_refresh_and_restart(training_home, tiny_model
             process.start_training(yaml_path)
         no_gradio_error(page)
 
+        # Another run on the same device is refused with a warning while this one trains.
+        textbox(page, "training-run-name").fill("second")
+        expect(page.locator("#training-status")).to_contain_text("new run")
+        page.locator("#training-start").click()
+        expect(page.get_by_text("GPU 0 already used by run 'live'")).to_be_visible()
+        second = yaml_path.parent.parent / "second" / "train.yaml"
+        assert trainer_pids(second) == [] and not second.exists()  # nothing half-made is left
+        open_run(page, "live")
+        expect(page.locator(STATE)).to_have_text("running")
+
         # Live latency: when each new step shows in the plot against the time the trainer wrote it.
         expect(page.locator(PLOT)).not_to_have_attribute("data-last-step", "0", timeout=90_000)
         page.evaluate(

@@ -361,6 +361,18 @@ def test_start_new_run_then_resume(timbre_home, monkeypatch):
     assert started == [folder / "train.yaml"] * 2
     assert truns.suggest_run_name("anna") == "run-2"
 
+    def busy(path):
+        raise truns.process.TrainingAlreadyRunning("GPU 0 already used")
+
+    monkeypatch.setattr(truns.process, "start_training", busy)
+    with pytest.raises(truns.process.TrainingAlreadyRunning):
+        truns.start_run(form, "anna", "run-2", "")
+    assert not paths.run_dir("anna", "run-2").exists()  # a refused new run leaves nothing behind
+    with pytest.raises(truns.process.TrainingAlreadyRunning):
+        truns.start_run(form, "anna", "run-1", "")
+    assert (folder / "train.yaml").is_file()  # a refused resume keeps the run
+    monkeypatch.setattr(truns.process, "start_training", lambda path: started.append(Path(path)) or 123)
+
     # A new run from a checkpoint's weights: its own folder, the weights copied, the LR scaled.
     checkpoint = folder / "checkpoints" / "step-0000004"
     checkpoint.mkdir(parents=True)

@@ -10,6 +10,7 @@ loss spike, from the last good checkpoint at half the learning rate).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def start_run(form: dict, voice: str, run: str, base_model: str = "") -> tuple[P
     ``base_model``); an existing run keeps its own train.yaml and the trainer continues from
     its newest complete checkpoint. Raises ConfigError, InvalidNameError, FileNotFoundError
     (no dataset), process.TrainingAlreadyRunning (this run, or another on the same GPUs, is
-    training) or OSError (the process could not start).
+    training; a new run's train.yaml is then removed again) or OSError (the process could
+    not start).
     """
     voice, run = paths.check_name(voice or "", "voice name"), paths.check_name(run or "", "run name")
     yaml_path = paths.run_dir(voice, run) / "train.yaml"
@@ -61,7 +63,14 @@ def start_run(form: dict, voice: str, run: str, base_model: str = "") -> tuple[P
         if not (config.dataset_dir() / "train.csv").is_file():
             raise FileNotFoundError(f"voice {voice!r} has no dataset yet: transcribe it in the Dataset tab")
         yaml_path = config.save_new()
-    process.start_training(yaml_path)
+    try:
+        process.start_training(yaml_path)
+    except process.TrainingAlreadyRunning:
+        if not resumed:  # refused (the GPUs are busy): leave no half-made run behind
+            yaml_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                yaml_path.parent.rmdir()
+        raise
     return yaml_path.parent, resumed
 
 
