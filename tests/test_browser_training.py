@@ -171,6 +171,7 @@ def test_run_browser_plots_and_failures(training_home, tiny_model, page):
         open_run(page, "done")
         spike.click()
         expect(textbox(page, "training-run-name")).to_have_value("done-from-3", timeout=30_000)
+        expect(page.locator(PLOT)).to_have_attribute("data-runs", "done-from-3")  # the status is the new run's
         expect(page.locator(STATE)).to_have_text(re.compile("running|finished"), timeout=30_000)
         branched = TrainConfig.load(training_home / "training" / VOICE / "done-from-3" / "train.yaml")
         assert branched.learning_rate == pytest.approx(2.5e-6) and branched.init_weights.endswith("init.safetensors")
@@ -194,6 +195,7 @@ def test_live_run_reattaches_after_refresh_and_restart(training_home, tiny_model
         set_number(page, "train-batch-size", 2)
         expect(checks).to_contain_text("Only 3 optimizer step(s) per epoch")
         expect(page.locator("#training-suggestion")).to_contain_text("No GPU found")
+        expect(page.locator("#training-yaml")).to_contain_text("init_weights: ''")  # from the base model
         shot(page, "training-new-run")
 
         page.locator("#training-start").dblclick()
@@ -274,6 +276,7 @@ def test_live_run_reattaches_after_refresh_and_restart(training_home, tiny_model
         textbox(page, "training-branch-name").fill("live-half")
         page.locator("#training-branch").click()
         expect(textbox(page, "training-run-name")).to_have_value("live-half", timeout=30_000)
+        expect(page.locator(PLOT)).to_have_attribute("data-runs", "live-half")
         expect(page.locator(STATE)).to_have_text("running", timeout=30_000)
         branched = TrainConfig.load(training_home / "training" / VOICE / "live-half" / "train.yaml")
         assert branched.learning_rate == pytest.approx(2.5e-6), branched.learning_rate

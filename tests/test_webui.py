@@ -337,6 +337,9 @@ def test_config_checks_read_the_dataset(timbre_home):
     checks = tform.config_checks({**form, "batch_size": 2, "save_every": 20}, "anna", "r", existing=True)
     assert "save_every 20" in checks and "Resume" in checks and "larger than" not in checks
     assert tform.config_checks({**form, "epochs": 0}, "anna", "r").startswith("**Not valid:** epochs")
+    assert "starts from the weights in `/w/init.safetensors`" in tform.config_checks(
+        {**form, "init_weights": "/w/init.safetensors"}, "anna", "r"
+    )
     suggestion = tform.batch_suggestion(form, "anna", [])
     assert (suggestion.batch_size, suggestion.gradient_accumulation) == (2, 1) and "No GPU" in suggestion.reason
 

@@ -130,6 +130,8 @@ def config_checks(form: dict, voice: str | None, run: str | None, existing: bool
             "This run exists: **Resume** keeps its own train.yaml. To train with other settings, start "
             "a new run (a new name) or a new run from its weights."
         )
+    elif config.init_weights:
+        lines.append(f"This new run starts from the weights in `{config.init_weights}`, not from the base model.")
     counts = dataset_counts(voice)
     if counts is None:
         return "\n\n".join(lines) or "Choose a voice."

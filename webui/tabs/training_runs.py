@@ -195,10 +195,12 @@ def checkpoint_choices(
 
 
 def find_running_run() -> tuple[str, str] | None:
-    """The first (voice, run) whose trainer is running, to reattach to after a page refresh."""
+    """The first (voice, run) that is training, to reattach to after a page refresh or an app
+    restart (a trainer that has written its final state and is only exiting does not count)."""
     for voice in paths.list_voices():
         for run in paths.list_runs(voice):
-            if process.running_pid(paths.run_dir(voice, run)) is not None:
+            folder = paths.run_dir(voice, run)
+            if process.running_pid(folder) is not None and runs.run_status(voice, run).state == "running":
                 return voice, run
     return None
 
