@@ -90,6 +90,17 @@ def last_step(page) -> int:
     return int(page.locator(PLOT).get_attribute("data-last-step") or 0)
 
 
+def watch_plot(page) -> None:
+    """Record in ``window.seen`` each newest step the plot shows, with the page's clock (ms)."""
+    page.evaluate(
+        """() => { window.seen = []; const root = document.querySelector('#training-plot');
+        new MutationObserver(() => { const div = root.querySelector('.timbre-plot');
+          const step = div && Number(div.dataset.lastStep);
+          if (step && (!window.seen.length || window.seen.at(-1)[0] !== step)) window.seen.push([step, Date.now()]);
+        }).observe(root, {subtree: true, childList: true, attributes: true}); }"""
+    )
+
+
 def curve_points(page, run: str, curve: str) -> int:
     """Vertices of a drawn curve: its SVG path has one M and one L per further point."""
     path = page.locator(f'[id="curve-{run}-{curve}"] path').first
@@ -129,19 +140,22 @@ def test_run_browser_plots_and_failures(training_home, tiny_model, page):
         expect(spike).to_contain_text("last good checkpoint step-0000003 at half the learning rate")
         shot(page, "training-finished")
 
-        # A metrics line appended to the file shows in the plot within two seconds.
+        # A metrics line appended to the file shows in the plot within two seconds (the page
+        # records when each new step appears; Playwright's polling would add up to a second).
+        watch_plot(page)
         latencies = []
-        for extra in range(3):
+        for extra in range(4):
             step = last_step(page) + 1
             row = {"step": step, "epoch": 2.0 + extra / 10, "split": "train", "loss_text_ce": 3.0,
                    "loss_mel_ce": 4.0, "lr": 5e-6, "grad_norm": 0.5, "time": time.time()}  # fmt: skip
-            written = time.monotonic()
             with (training_home / "training" / VOICE / "done" / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             expect(page.locator(PLOT)).to_have_attribute("data-last-step", str(step), timeout=10_000)
-            latencies.append(time.monotonic() - written)
+            shown = dict(page.evaluate("window.seen"))[step]
+            latencies.append(shown / 1000 - row["time"])
+            time.sleep(0.7)  # a quiet spell between lines, as between real training steps
         print(f"\nplot latency after appending a metrics line: {', '.join(f'{s:.2f}' for s in latencies)} s")
-        assert max(latencies) < 2.5, latencies
+        assert max(latencies) < 2.0, latencies
 
         # The epoch axis, and another run overlaid.
         page.locator("#training-axis").get_by_text("epoch").click()
@@ -220,13 +234,7 @@ def test_live_run_reattaches_after_refresh_and_restart(training_home, tiny_model
 
         # Live latency: when each new step shows in the plot against the time the trainer wrote it.
         expect(page.locator(PLOT)).not_to_have_attribute("data-last-step", "0", timeout=90_000)
-        page.evaluate(
-            """() => { window.seen = []; const root = document.querySelector('#training-plot');
-            new MutationObserver(() => { const div = root.querySelector('.timbre-plot');
-              const step = div && Number(div.dataset.lastStep);
-              if (step && (!window.seen.length || window.seen.at(-1)[0] !== step)) window.seen.push([step, Date.now()]);
-            }).observe(root, {subtree: true, childList: true, attributes: true}); }"""
-        )
+        watch_plot(page)
         time.sleep(8)
         seen = page.evaluate("window.seen")
         written = {r["step"]: r["time"] for r in runs.read_metrics(yaml_path.parent)[0] if r.get("split") == "train"}

@@ -441,6 +441,9 @@ def test_refresh_sends_only_what_changed(timbre_home):
     row = {"step": 1, "epoch": 0.5, "split": "train", "loss_text_ce": 3.0, "loss_mel_ce": 5.0, "lr": 1e-5}
     (folder / "metrics.jsonl").write_text(json.dumps({**row, "grad_norm": 0.7}) + "\n")
     out = training_tab.refresh(ui, view, "anna", "r", [], "step")
+    assert "plot" not in out and "status" in out  # drawn less than a second ago: the next tick draws
+    view["drawn_at"] -= training_tab.MIN_REDRAW_S
+    out = training_tab.refresh(ui, view, "anna", "r", [], "step")
     assert 'data-last-step="1"' in out["plot"] and 'id="curve-r-mel_ce-train"' in out["plot"]
     out = training_tab.refresh(ui, view, "anna", "r", ["r", "missing"], "epoch")  # a new selection redraws
     assert 'data-runs="r"' in out["plot"] and 'data-axis="epoch"' in out["plot"]

@@ -4,7 +4,7 @@ Three modules: :mod:`training_form` (form ⇄ ``TrainConfig``, YAML preview, che
 suggestion), :mod:`training_runs` (run table, status, start / resume / new run from weights)
 and :mod:`training_plots` (the SVG plot and its guide). This one lays them out and wires them.
 
-Everything shown is read from disk on a ``gr.Timer`` (1 s): the metrics of the shown runs are
+Everything shown is read from disk on a ``gr.Timer`` (0.5 s): the metrics of the shown runs are
 tailed from a byte offset kept per page (:class:`engine.metrics.RunSeries` in ``gr.State``);
 the status, log and run table are re-read when a cheap stat signature of the run folders
 changes. A page refresh or an app restart starts from offset 0 and finds a running trainer by
@@ -27,7 +27,10 @@ from webui.tabs import training_form as tform
 from webui.tabs import training_plots as tplots
 from webui.tabs import training_runs as truns
 
-TICK_SECONDS = 1.0
+TICK_SECONDS = 0.5
+#: Redraw the plot at most this often: a new point after a quiet spell shows within one tick,
+#: while a fast trainer (the tiny test model logs several steps a second) costs one redraw a second.
+MIN_REDRAW_S = 1.0
 MONITOR = "training-monitor"  # concurrency group of the read-only refresh events
 FORCE_EVERY_S = 5.0  # re-read the status at least this often (a trainer may die silently)
 GPU_PROBE_TTL_S = 60.0
@@ -35,7 +38,7 @@ GPU_PROBE_TTL_S = 60.0
 
 def new_view() -> dict:
     """Per-page monitor state: what is shown, the series read so far, the last signature."""
-    return {"key": None, "series": {}, "signature": None, "choices": None}
+    return {"key": None, "series": {}, "signature": None, "choices": None, "drawn_at": 0.0, "stale": False}
 
 
 def shown_runs(voice: str | None, run: str | None, compare: list | None) -> list[str]:
@@ -79,8 +82,10 @@ def refresh(ui: dict, view: dict, voice, run, compare, axis, force: bool = False
     if fresh:
         view["series"] = {}
     grew = update_series(view, voice_key, names)
-    if fresh or grew:
+    view["stale"] = view["stale"] or grew
+    if fresh or (view["stale"] and time.monotonic() - view["drawn_at"] >= MIN_REDRAW_S):
         out[ui["plot"]] = tplots.plot_html({n: view["series"][n] for n in names}, axis or "step")
+        view.update(drawn_at=time.monotonic(), stale=False)
     all_runs = paths.list_runs(voice_key) if voice_key else []
     signature = (
         key,
