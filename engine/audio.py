@@ -10,6 +10,7 @@ from torch 2.9 it goes through torchcodec, which needs the system FFmpeg librari
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -210,3 +211,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks: the identity of a recording or clip
+    (transcript cache, feature cache, conditioning-latent cache). Raises OSError."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

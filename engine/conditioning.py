@@ -120,11 +120,7 @@ def resolve_references(voice: str, ids: Sequence[str] | None) -> list[Reference]
 
 @functools.lru_cache(maxsize=4096)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return audio_io.file_sha256(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

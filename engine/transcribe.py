@@ -12,7 +12,6 @@ Names that are not local paths are downloaded by the backend into ``models/<back
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import paths
+from engine.audio import file_sha256 as file_sha256  # re-exported: a recording's identity in the cache
 from engine.audio import write_bytes_atomic
 
 SAMPLE_RATE = 16_000
@@ -259,15 +259,6 @@ def _transcribe_openai_whisper(audio: np.ndarray, model: str, language: str | No
 
 
 # --- the transcription cache -----------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (the identity of a recording in :class:`TranscriptCache`)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TranscriptCache:

@@ -92,14 +92,6 @@ def read_metadata(path: Path) -> list[Clip]:
     return clips
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_cache_key(base_model: Path) -> str:
     """Hash of ``dvae.pth`` and ``mel_stats.pth``: cached features are valid only for these files.
 
@@ -116,7 +108,7 @@ def model_cache_key(base_model: Path) -> str:
         except (OSError, ValueError):
             cached_stamp, cached_hash = "", ""
         if cached_stamp != stamp:
-            cached_hash = _sha256(path)
+            cached_hash = audio_io.file_sha256(path)
             try:
                 memo.write_text(f"{stamp} {cached_hash}\n")
             except OSError:
@@ -152,7 +144,7 @@ class FeatureExtractor:
 
     def features(self, path: Path) -> dict:
         """``{"codes", "style_mel", "wav_length"}`` for the audio file; raises audio.AudioError."""
-        key = _sha256(path)
+        key = audio_io.file_sha256(path)
         cached = self.cache_dir / f"{key}.pt"
         if cached.is_file():
             try:

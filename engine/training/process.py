@@ -150,6 +150,13 @@ def _gpu_conflict(gpus: list[int], folder: Path) -> str | None:
     return None
 
 
+def _start_watcher(folder: Path, watched: _Watched, target, name: str) -> None:
+    """Register ``watched`` for ``folder`` and start its daemon thread running ``target``."""
+    watched.thread = threading.Thread(target=target, args=(folder, watched), name=name, daemon=True)
+    _REGISTRY.trainers[folder] = watched
+    watched.thread.start()
+
+
 #: States a trainer writes as its last word; its process may live on a moment longer.
 FINAL_STATES = ("finished", "stopped", "failed")
 #: How long a start waits for a trainer that has reported its end to exit.
@@ -215,15 +222,7 @@ def start_training(config_path: str | os.PathLike, *, extra_env: dict[str, str] 
                 "exit_code": None,
             },
         )
-        watched = _Watched(popen.pid, popen)
-        watched.thread = threading.Thread(
-            target=_watch_popen,
-            args=(folder, watched),
-            name=f"trainer-watch-{popen.pid}",
-            daemon=True,
-        )
-        _REGISTRY.trainers[folder] = watched
-        watched.thread.start()
+        _start_watcher(folder, _Watched(popen.pid, popen), _watch_popen, f"trainer-watch-{popen.pid}")
     return popen.pid
 
 
@@ -437,14 +436,6 @@ def reattach() -> list[Path]:
             if runs.live_trainer_pid(folder) != pid:
                 _record_exit(folder, pid, None)
                 continue
-            watched = _Watched(pid, None)
-            watched.thread = threading.Thread(
-                target=_watch_pid,
-                args=(folder, watched),
-                name=f"trainer-reattach-{pid}",
-                daemon=True,
-            )
-            _REGISTRY.trainers[folder] = watched
-            watched.thread.start()
+            _start_watcher(folder, _Watched(pid, None), _watch_pid, f"trainer-reattach-{pid}")
             live.append(folder)
     return live
