@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine.config import FIELD_HELP, ConfigError, TrainConfig
+from engine.config import FIELD_HELP, ConfigError, TrainConfig, new_run_config
 
 
 def _milestones(text: str) -> list[int]:
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
     p.add_argument("--base-model", default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--language", default="en")
+    p.add_argument("--language", default=None, help="default: the run's language, else the dataset's, else en")
     p.add_argument(
         "--max-seconds",
         type=float,
@@ -140,7 +140,7 @@ def _run(args) -> int:
     if args.command == "config":
         values = {k: v for k, v in vars(args).items() if k not in ("command",) and v is not None}
         try:
-            config = TrainConfig(**values)
+            config = new_run_config(**values)  # no --language: the dataset's language
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -181,12 +181,12 @@ def _run(args) -> int:
             return subprocess.run(training_argv(config, args.config.resolve()), env=env).returncode
         return train(args.config)
     if args.command == "generate":
-        from engine.generate import GenerationSettings, generate_speech
+        from engine.generate import GenerationSettings, default_language, generate_speech
 
         out = generate_speech(
             args.voice, args.text, run=args.run, checkpoint=args.checkpoint, base_model=args.base_model,
             settings=GenerationSettings(seed=args.seed, max_seconds=args.max_seconds),
-            language=args.language, out=args.out,
+            language=args.language or default_language(args.voice, args.run), out=args.out,
         )  # fmt: skip
         print(out)
         return 0

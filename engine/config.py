@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from engine import paths
+from engine import languages, paths
 
 
 class ConfigError(ValueError):
@@ -129,7 +129,11 @@ class TrainConfig:
         1234,
         "Seed for shuffling, conditioning slices and initialisation; the same seed repeats a run exactly.",
     )
-    language: str = _f("en", "Language code of the transcripts.")
+    language: str = _f(
+        languages.DEFAULT_LANGUAGE,
+        "Language of the transcripts, one of XTTS-v2's codes: " + ", ".join(languages.CODES) + ". A new run "
+        "takes the dataset's language (datasets/<voice>/report.json) unless another is chosen.",
+    )
 
     def __post_init__(self) -> None:
         def need(cond: bool, name: str, why: str) -> None:
@@ -219,6 +223,14 @@ class TrainConfig:
             "must exceed min_audio_seconds",
         )
         need(self.num_workers >= 0, "num_workers", "must not be negative")
+        suggestion = languages.to_xtts(self.language) if self.language not in languages.CODES else None
+        need(
+            self.language in languages.CODES,
+            "language",
+            "must be one of the languages XTTS-v2 speaks: "
+            + ", ".join(languages.CODES)
+            + (f"; for {languages.LANGUAGES[suggestion]} use {suggestion!r}" if suggestion else ""),
+        )
 
     # Derived numbers are methods, not stored fields.
     def world_size(self) -> int:
@@ -281,6 +293,23 @@ class TrainConfig:
 
 for _field in dataclasses.fields(TrainConfig):
     FIELD_HELP[_field.name] = _field.metadata.get("help", "")
+
+
+def new_run_config(voice: str, run: str, **values) -> TrainConfig:
+    """The TrainConfig of a new run of ``voice``: ``values`` (TrainConfig fields) as given, and
+    ``language``, when not given (or empty), the dataset's language read from
+    ``datasets/<voice>/report.json`` (:func:`engine.languages.default_language`; ``"en"`` when
+    the dataset records none). An explicit ``language`` wins.
+
+    Raises ConfigError naming the field: a bad value, or a dataset in a language XTTS-v2 cannot
+    speak (then ``--language`` / the form chooses one).
+    """
+    if not values.get("language"):
+        try:
+            values["language"] = languages.default_language(voice)
+        except languages.LanguageError as exc:
+            raise ConfigError(f"{exc}; choose the language explicitly") from None
+    return TrainConfig(voice=voice, run=run, **values)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

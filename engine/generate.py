@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine import audio as audio_io
-from engine import conditioning, models, paths
+from engine import conditioning, languages, models, paths
 from engine.conditioning import ConditioningError
 from engine.weights import (
     BASE_MODEL,
@@ -310,6 +310,8 @@ class _Job:
 
 def _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log) -> _Job:
     text = _check_text(text)
+    if language not in languages.CODES:
+        raise GenerationError(f"language: XTTS-v2 speaks {', '.join(languages.CODES)}; got {language!r}")
     settings = dataclasses.replace(settings) if settings else GenerationSettings()
     if settings.seed is None:
         settings.seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -354,7 +356,8 @@ def generate_candidates(
         numbering: (number of the first, total) recorded as ``candidate`` / ``candidates``
             when these outputs continue a set (the first one streamed); default (1, candidates).
 
-    Raises GenerationError (empty text, bad run/checkpoint/model, candidates out of range),
+    Raises GenerationError (empty text, a language outside :data:`engine.languages.CODES`,
+    bad run/checkpoint/model, candidates out of range),
     ConditioningError (no usable reference), models.BaseModelError (base model missing).
     """
     if not 1 <= int(candidates) <= 16:
@@ -494,9 +497,27 @@ def settings_of(meta: dict) -> GenerationSettings:
     return GenerationSettings(**{k: v for k, v in recorded.items() if k in names})
 
 
+def default_language(voice: str | None, model: str | None = None) -> str:
+    """The language to speak when none is chosen: the ``language`` of the run's train.yaml when
+    ``model`` is a run of ``voice`` (what its GPT was fine-tuned on), else the voice's dataset
+    language (:func:`engine.languages.dataset_language`), else ``"en"``.
+
+    Never raises: a missing or unreadable train.yaml or report.json (or a bad name) falls
+    through to the next source, since this only picks a default the user can change.
+    """
+    from engine.config import ConfigError, TrainConfig
+
+    if voice and model and model != BASE_MODEL and not model.startswith(IMPORTED_PREFIX):
+        try:
+            return TrainConfig.load(paths.run_dir(voice, model) / "train.yaml").language
+        except (ConfigError, OSError, paths.InvalidNameError):
+            pass
+    return languages.dataset_language(voice) or languages.DEFAULT_LANGUAGE
+
+
 __all__ = [  # the names of engine.weights and engine.conditioning that callers of this module use
     "BASE_MODEL", "GENERATION_HELP", "IMPORTED_PREFIX", "ConditioningError", "GenerationError", "GenerationSettings",
     "ModelWeights", "Synthesizer", "checkpoint_weights", "generate_candidates", "generate_speech",
     "imported_model_dir", "imported_models_dir", "list_imported_models", "list_outputs", "read_output",
-    "read_state_dict", "resolve_model", "run_base_model", "settings_of", "stream_speech",
+    "read_state_dict", "resolve_model", "run_base_model", "settings_of", "stream_speech", "default_language",
 ]  # fmt: skip

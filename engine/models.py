@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from engine import paths
+from engine.languages import CODES
 
 HUB_REPO = "coqui/XTTS-v2"
 REQUIRED_FILES = ("model.pth", "config.json", "vocab.json", "dvae.pth", "mel_stats.pth")
@@ -41,9 +42,8 @@ LICENSE_SUMMARY = (
 )
 
 #: Languages XTTS-v2 speaks (its config.json ``languages``); each has a ``[code]`` text token.
-LANGUAGES = (
-    "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
-)  # fmt: skip
+#: The list, names and Whisper mapping live in :mod:`engine.languages`.
+LANGUAGES = CODES
 
 # XTTS-v2's audio layout (config.json "audio"): the GPT works on 22.05 kHz audio, the HiFi-GAN
 # decoder writes 24 kHz, and one DVAE code covers 1024 samples (22050 / 1024 = 21.5 codes/s).

@@ -344,6 +344,42 @@ def test_config_checks_read_the_dataset(timbre_home):
     assert (suggestion.batch_size, suggestion.gradient_accumulation) == (2, 1) and "No GPU" in suggestion.reason
 
 
+def set_dataset_language(voice: str, language) -> None:
+    """Record ``language`` (a Whisper code) in datasets/<voice>/report.json, as the dataset step does."""
+    path = paths.dataset_dir(voice) / "report.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "language": language}))
+
+
+def wired(demo: gr.Blocks, module, name: str):
+    """The event ``name`` that ``module`` wired into the app (the first found): ``.fn`` is the
+    handler, ``.outputs`` its output components."""
+    return next(fn for fn in demo.fns.values() if fn.name == name and fn.fn.__module__ == module.__name__)
+
+
+def test_training_form_takes_the_dataset_language(timbre_home):
+    assert tform.default_language("anna") == "en"  # no dataset
+    write_dataset("anna")
+    set_dataset_language("anna", "es")
+    assert tform.default_language("anna") == "es"
+    form = default_form()
+    assert "The dataset is in Spanish (es)" in tform.config_checks(form, "anna", "r")  # the form says en
+    assert "dataset is in" not in tform.config_checks({**form, "language": "es"}, "anna", "r")
+    assert "**Not valid:** language: must be one of" in tform.config_checks({**form, "language": "sv"}, "anna", "r")
+    set_dataset_language("anna", "zh")
+    assert tform.default_language("anna") == "zh-cn"
+    set_dataset_language("anna", "sv")
+    assert tform.default_language("anna") == "en"
+    assert "'sv', which XTTS-v2 cannot speak" in tform.config_checks(form, "anna", "r")
+
+    # Choosing the voice in the page sets the form's language (the last output of on_voice).
+    set_dataset_language("anna", "es")
+    on_voice = wired(build_app(base_model=timbre_home / "model"), training_tab, "on_voice")
+    language = on_voice.outputs[-1]
+    assert language.elem_id == "train-language"
+    assert ("Spanish (es)", "es") in language.choices and len(language.choices) == 17
+    assert on_voice.fn("anna")[-1] == "es"
+
+
 def test_start_new_run_then_resume(timbre_home, monkeypatch):
     started = []
     monkeypatch.setattr(truns.process, "start_training", lambda path: started.append(Path(path)) or 123)
@@ -514,6 +550,22 @@ def test_generation_choices_and_settings(timbre_home):
     assert gform.candidate_count({"candidates": 3.0}) == 3
     with pytest.raises(ValueError, match="candidates"):
         gform.candidate_count({"candidates": 9})
+
+
+def test_generate_language_defaults_to_the_run_then_the_dataset(timbre_home):
+    write_dataset("anna")
+    set_dataset_language("anna", "es")
+    demo = build_app(base_model=timbre_home / "model")
+    on_voice, on_run = wired(demo, generate_tab, "on_voice"), wired(demo, generate_tab, "on_run")
+    language = on_run.outputs[1]
+    assert language.elem_id == "generate-language"
+    assert ("Spanish (es)", "es") in language.choices and len(language.choices) == 17
+    at = on_voice.outputs.index(language)
+    assert on_voice.fn("anna")[at] == "es"  # no run yet: the base model, the dataset's language
+    TrainConfig(voice="anna", run="german", language="de").save_new()
+    assert on_voice.fn("anna")[at] == "de"  # the newest run is shown: its train.yaml's language
+    assert on_run.fn("anna", engine_generate.BASE_MODEL)[1] == "es"
+    assert on_run.fn("anna", "german")[1] == "de"
 
 
 def test_speak_uses_the_app_synthesizer(timbre_home, monkeypatch):

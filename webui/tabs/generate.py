@@ -18,8 +18,8 @@ import wave
 import gradio as gr
 import numpy as np
 
-from engine import generate, paths
-from engine.models import LANGUAGES, OUTPUT_SAMPLE_RATE
+from engine import generate, languages, paths
+from engine.models import OUTPUT_SAMPLE_RATE
 from webui.tabs import LogLines, TabContext, engine_errors, named, pick, progress_callable, voice_dropdown
 from webui.tabs import generate_export as gexport
 from webui.tabs import generate_form as gform
@@ -84,8 +84,9 @@ def build(ctx: TabContext) -> dict:
                 label="Checkpoint", choices=[LATEST], value=LATEST, elem_id="generate-checkpoint"
             )
             ui["language"] = gr.Dropdown(
-                list(LANGUAGES), value="en", allow_custom_value=True, label="Language", elem_id="generate-language"
-            )
+                languages.choices(), value=languages.DEFAULT_LANGUAGE, label="Language", elem_id="generate-language",
+                info="Defaults to the language of the model's run, else of the voice's dataset.",
+            )  # fmt: skip
         ui["references"] = gr.Dropdown(
             label="Reference clips", choices=[], value=[], multiselect=True, info=gform.references_info(None),
             elem_id="generate-references",
@@ -163,7 +164,9 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     results = [*ui["players"], ui["info"], ui["outputs"]]
     history_selection = [ui["history_audio"], ui["history_details"], ui["reuse"], ui["history_selected"]]
 
-    def voice_updates(voice, run=None, checkpoint=None, references=None):
+    def voice_updates(voice, run=None, checkpoint=None, references=None, language=None):
+        """Choices for ``voice``, keeping the given picks that still apply; the language is kept
+        when given, else the default of the model shown (its run's, else the dataset's)."""
         choices = gform.model_choices(voice)
         run = pick([v for _, v in choices], run, gform.default_model(voice))
         checkpoints = gform.checkpoint_choices(voice, run)
@@ -173,6 +176,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             gr.Dropdown(choices=choices, value=run),
             gr.Dropdown(choices=checkpoints, value=pick(checkpoints, checkpoint)),
             gr.Dropdown(choices=refs, value=kept, info=gform.references_info(voice)),
+            language if language in languages.CODES else generate.default_language(voice, run),
             ghistory.outputs_table(voice),
         ]
 
@@ -180,16 +184,17 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         with engine_errors("Listing the voice's models"):
             return voice_updates(voice) + ghistory.cleared()
 
-    def on_show(voice, run, checkpoint, references):
+    def on_show(voice, run, checkpoint, references, language):
         update, shown = voice_dropdown(voice)
         with engine_errors("Listing the voice's models"):
             if shown != voice:
                 return [update, *voice_updates(shown), *ghistory.cleared()]
-            return [update, *voice_updates(voice, run, checkpoint, references), *[gr.skip()] * 4]
+            return [update, *voice_updates(voice, run, checkpoint, references, language), *[gr.skip()] * 4]
 
     def on_run(voice, run):
         with engine_errors("Listing checkpoints"):
-            return gr.Dropdown(choices=gform.checkpoint_choices(voice, run), value=LATEST)
+            checkpoints = gr.Dropdown(choices=gform.checkpoint_choices(voice, run), value=LATEST)
+            return checkpoints, generate.default_language(voice, run)
 
     def on_generate(values, progress=gr.Progress()):  # noqa: B008 (Gradio's documented pattern)
         values = named(values, form)
@@ -203,12 +208,12 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             table = ghistory.outputs_table(values["voice"])
         yield dict(zip(results, [*player_updates(paths), describe_result(paths, log), table], strict=True))
 
-    chooser = [ui["voice"], ui["run"], ui["checkpoint"], ui["references"]]
-    shown = [ui["voice"], ui["run"], ui["checkpoint"], ui["references"], ui["outputs"], *history_selection]
+    chooser = [ui["voice"], ui["run"], ui["checkpoint"], ui["references"], ui["language"]]
+    shown = [*chooser, ui["outputs"], *history_selection]
     ctx.blocks.load(on_show, chooser, shown, show_progress="hidden")
     ui["tab"].select(on_show, chooser, shown, show_progress="hidden")
     ui["voice"].input(on_voice, ui["voice"], shown[1:], show_progress="hidden")
-    ui["run"].input(on_run, [ui["voice"], ui["run"]], ui["checkpoint"], show_progress="hidden")
+    ui["run"].input(on_run, [ui["voice"], ui["run"]], [ui["checkpoint"], ui["language"]], show_progress="hidden")
     ui["stream"].change(lambda on: gr.Audio(visible=bool(on)), ui["stream"], ui["stream_audio"])
     ui["generate"].click(on_generate, set(form.values()), [*results, ui["stream_audio"]], **gform.SYNTHESIZER_QUEUE)
 

@@ -220,9 +220,13 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         run = run if run in run_names else None
         return gr.Dropdown(choices=run_names, value=run), run or truns.suggest_run_name(voice)
 
+    def new_run_form(voice) -> list:
+        """A new run of ``voice``: the form keeps its values but takes the dataset's language."""
+        return [tform.default_language(voice) if name == "language" else gr.skip() for name in form]
+
     def on_voice(voice):
         with engine_errors("Listing runs"):
-            return *select_voice(voice), gr.Dropdown(value=[])
+            return *select_voice(voice), gr.Dropdown(value=[]), tform.default_language(voice)
 
     def on_run(voice, run):
         with engine_errors("Opening the run"):
@@ -246,7 +250,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         running = truns.find_running_run()
         voice, run = running if running else (pick(choices, None), None)
         runs_update, run_name = select_voice(voice, run)
-        values = run_form(voice, run) if run else [gr.skip()] * len(form_list)
+        values = run_form(voice, run) if run else new_run_form(voice)
         return gr.Dropdown(choices=choices, value=voice), runs_update, run_name, *values
 
     def on_config(values):
@@ -313,7 +317,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     for event in (ctx.blocks.load, ui["tab"].select):
         event(on_show, [ui["voice"], ui["run_name"]], shown, show_progress="hidden")
         event(on_suggest, config_inputs, ui["suggestion"], show_progress="hidden")
-    ui["voice"].input(on_voice, ui["voice"], [ui["runs"], ui["run_name"], ui["compare"]])
+    ui["voice"].input(on_voice, ui["voice"], [ui["runs"], ui["run_name"], ui["compare"], form["language"]])
     ui["runs"].input(on_run, [ui["voice"], ui["runs"]], [ui["run_name"], *form_list])
     ui["run_table"].select(on_table_select, ui["voice"], [ui["runs"], ui["run_name"], *form_list])
     changes = [ui["run_name"].change, ui["voice"].change, ui["compare"].change, ui["axis"].change]

@@ -14,7 +14,7 @@ import typing
 
 import gradio as gr
 
-from engine import hardware, paths
+from engine import hardware, languages, paths
 from engine.config import (
     FIELD_HELP,
     FREEZE_GROUPS,
@@ -24,7 +24,6 @@ from engine.config import (
     check_against_dataset,
     count_dataset_clips,
 )
-from engine.models import LANGUAGES
 from webui.tabs import TabContext
 
 #: Form layout: (section title, fields, open). Fields not named here land in "Other".
@@ -117,6 +116,25 @@ def dataset_counts(voice: str | None) -> tuple[int, int] | None:
         return None
 
 
+def default_language(voice: str | None) -> str:
+    """The language a new run of ``voice`` starts with: its dataset's language (report.json,
+    :func:`engine.languages.dataset_language`), else ``"en"``."""
+    return languages.dataset_language(voice) or languages.DEFAULT_LANGUAGE
+
+
+def language_check(config: TrainConfig) -> str | None:
+    """A warning when the run's language is not the one its dataset records, else None."""
+    recorded = languages.recorded_language(config.voice)
+    if recorded is None or languages.to_xtts(recorded) == config.language:
+        return None
+    code = languages.to_xtts(recorded)
+    dataset = languages.label(code) if code else f"{recorded!r}, which XTTS-v2 cannot speak"
+    return (
+        f"The dataset is in {dataset} (its report.json), but language is {languages.label(config.language)}: "
+        "the transcripts would be read as the wrong language."
+    )
+
+
 def config_checks(form: dict, voice: str | None, run: str | None, existing: bool = False) -> str:
     """Markdown for the box under the YAML: the error that makes the form invalid, or the
     warnings of :func:`engine.config.check_against_dataset`, or "Checks passed"."""
@@ -137,6 +155,7 @@ def config_checks(form: dict, voice: str | None, run: str | None, existing: bool
         return "\n\n".join(lines) or "Choose a voice."
     n_train, n_validation = counts
     warnings = check_against_dataset(config, n_train, n_validation)
+    warnings += [w for w in (language_check(config),) if w]
     lines.append(f"Dataset: {n_train} training and {n_validation} validation clips.")
     lines += [f"⚠ {w}" for w in warnings] or ["✓ Checks passed."]
     return "\n\n".join(lines)
@@ -161,7 +180,7 @@ def field_component(field: dataclasses.Field, ctx: TabContext):
     if name == "freeze":
         return gr.CheckboxGroup(list(FREEZE_GROUPS), value=default, **common)
     if name == "language":
-        return gr.Dropdown(list(LANGUAGES), value=default, allow_custom_value=True, **common)
+        return gr.Dropdown(languages.choices(), value=default, **common)
     if name == "base_model":
         return gr.Textbox(value=lambda: ctx.settings.base_model, placeholder="models/xtts-v2/", **common)
     if hint in (int, float):
