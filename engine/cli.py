@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["faster-whisper", "openai-whisper"],
     )
     p.add_argument("--whisper-model", default=None, help="Whisper model name or local path")
-    p.add_argument("--language", default="en")
+    p.add_argument(
+        "--language",
+        default="auto",
+        help="spoken language code (en, es, fr, …) or auto: detected per recording (needs a multilingual model)",
+    )
     p.add_argument("--validation-fraction", type=float, default=0.15)
 
     p = sub.add_parser("config", help="write training/VOICE/RUN/train.yaml")

@@ -2,10 +2,12 @@
 
 A sentence ends at a word ending in ``. ! ?``. Sentences are merged into one clip until it
 reaches :data:`TARGET_CLIP_SECONDS`, never past :data:`MAX_CLIP_SECONDS`; a longer sentence is
-split between words, preferably at a comma or a pause. Each cut lies in the pause between two
-words, at its quietest 10 ms, with at most :data:`PAD_SECONDS` of the pause kept on either side,
-so no word is cut. (Coqui's ``xtts_ft_demo`` formatter cuts each sentence with a 0.2 s buffer
-at the pause midpoint.)
+split between words at its longest inner pause. Each cut lies in the pause between two words,
+at its quietest 10 ms, with at most :data:`PAD_SECONDS` of the pause kept on either side, so no
+word is cut. Where the voice activity detector (VAD) found silence between two words, that
+silence is the pause: Whisper's word times can be a tenth of a second off, Silero VAD's
+regions are measured on the audio itself. (Coqui's ``xtts_ft_demo`` formatter cuts each
+sentence with a 0.2 s buffer at the pause midpoint.)
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 
 from engine.transcribe import Segment, Word
 
-MIN_CLIP_SECONDS = 1.0
-"""Shortest clip kept, in seconds: shorter ones hold too few mel codes to learn from."""
+MIN_CLIP_SECONDS = 0.5
+"""Shortest clip kept, in seconds: a short utterance such as "Hello world" (0.5–1 s) is still
+a clean example of the voice (:data:`engine.audio.MIN_SECONDS` is the same floor for a whole
+recording)."""
 
 MAX_CLIP_SECONDS = 11.5
 """Longest clip, in seconds: XTTS-v2's GPT trainer drops audio longer than
@@ -66,6 +70,7 @@ def plan_clips(
     sample_rate: int,
     min_seconds: float = MIN_CLIP_SECONDS,
     max_seconds: float = MAX_CLIP_SECONDS,
+    speech: list[tuple[float, float]] | None = None,
 ) -> tuple[list[PlannedClip], list[dict]]:
     """Decide where to cut one recording into clips (rules in the module docstring).
 
@@ -74,6 +79,9 @@ def plan_clips(
         audio: the recording, 1-D; gives its length and the quietest cut points.
         sample_rate: of ``audio``, in Hz.
         min_seconds, max_seconds: clip length bounds, in seconds.
+        speech: the recording's speech regions from the VAD (``[(start, end), …]`` seconds,
+            :func:`engine.transcribe.detect_speech`); the silences between them are the pauses
+            where cuts go. None: pauses come from the word times alone.
 
     Returns:
         ``(clips, dropped)``: clips in time order, each within the bounds with text that
@@ -82,6 +90,8 @@ def plan_clips(
     """
     duration = audio.numel() / sample_rate
     spans, dropped = _spans(segments, duration)
+    silences = _silences(speech, duration) if speech is not None else []
+    pauses = [_pause(spans[k], spans[k + 1], silences) for k in range(len(spans) - 1)]
 
     def length(i: int, j: int) -> float:  # seconds of spans[i:j] with padding
         return spans[j - 1].end - spans[i].start + 2 * PAD_SECONDS
@@ -89,7 +99,7 @@ def plan_clips(
     sentences, begin = [], 0
     for i, span in enumerate(spans):
         if span.rank == 2 or i == len(spans) - 1:
-            sentences += _split_long(spans, begin, i + 1, max_seconds, min_seconds, length)
+            sentences += _split_long(spans, pauses, begin, i + 1, max_seconds, min_seconds, length)
             begin = i + 1
 
     groups: list[list[int]] = []  # [first span, end span) per clip
@@ -106,12 +116,14 @@ def plan_clips(
     clips = []
     for i, j in groups:
         start, end = spans[i].start - PAD_SECONDS, spans[j - 1].end + PAD_SECONDS
-        if i > 0:
-            cut = _quiet_point(spans[i - 1].end, spans[i].start, audio, sample_rate)
-            start = max(start, cut)
+        if i > 0:  # the clip starts at the quiet point or PAD before the speech, whichever is later
+            low, high = pauses[i - 1]
+            onset = min(spans[i].start, high)  # the VAD's speech onset when Whisper's word time is late
+            start = max(_quiet_point(low, high, audio, sample_rate), onset - PAD_SECONDS)
         if j < len(spans):
-            cut = _quiet_point(spans[j - 1].end, spans[j].start, audio, sample_rate)
-            end = min(end, cut)
+            low, high = pauses[j - 1]
+            offset = max(spans[j - 1].end, low)
+            end = min(_quiet_point(low, high, audio, sample_rate), offset + PAD_SECONDS)
         start, end = max(0.0, start), min(duration, end)
         text = " ".join("".join(span.text for span in spans[i:j]).split())
         if not any(ch.isalnum() for ch in text):
@@ -152,22 +164,47 @@ def _spans(segments, duration: float) -> tuple[list[_Span], list[dict]]:
     return spans, dropped
 
 
-def _split_long(spans, i, j, max_seconds, min_seconds, length) -> list[tuple[int, int]]:
+def _silences(speech: list[tuple[float, float]], duration: float) -> list[tuple[float, float]]:
+    """The gaps between (and around) the VAD's speech regions, in seconds."""
+    gaps, previous = [], 0.0
+    for start, end in sorted(speech):
+        if start > previous:
+            gaps.append((previous, start))
+        previous = max(previous, end)
+    if duration > previous:
+        gaps.append((previous, duration))
+    return gaps
+
+
+def _pause(before: _Span, after: _Span, silences: list[tuple[float, float]]) -> tuple[float, float]:
+    """The pause between two words, ``(start, end)`` in seconds: the longest VAD silence
+    lying between the middles of the two words (so a word time that is a little off does not
+    hide it), else the gap between the word times (empty when they touch)."""
+    low, high = (before.start + before.end) / 2, (after.start + after.end) / 2
+    best = (before.end, max(before.end, after.start))
+    for start, end in silences:
+        inside = (max(start, low), min(end, high))
+        if inside[1] - inside[0] > best[1] - best[0]:
+            best = inside
+    return best
+
+
+def _split_long(spans, pauses, i, j, max_seconds, min_seconds, length) -> list[tuple[int, int]]:
     """Split ``spans[i:j]`` between words until each part fits ``max_seconds``: at the
-    cut that leaves both parts ≥ ``min_seconds``, then at a phrase end, then at a pause of
-    ≥ 0.15 s, then nearest the middle. Returns ``[(first, end), …]`` span ranges."""
+    longest pause among the cuts that leave both parts ≥ ``min_seconds``, then at a phrase
+    end, then nearest the middle. Returns ``[(first, end), …]`` span ranges."""
     if j - i < 2 or length(i, j) <= max_seconds:
         return [(i, j)]
     middle = (spans[i].start + spans[j - 1].end) / 2
 
     def score(k: int) -> tuple:  # cut after spans[k]
         both_long = min(length(i, k + 1), length(k + 1, j)) >= min_seconds
-        pause = spans[k + 1].start - spans[k].end
-        return (both_long, spans[k].rank, pause >= 0.15, -abs(spans[k].end - middle))
+        pause = round(pauses[k][1] - pauses[k][0], 2)  # 10 ms: equal pauses tie
+        return (both_long, pause, spans[k].rank, -abs(spans[k].end - middle))
 
     k = max(range(i, j - 1), key=score)
-    return _split_long(spans, i, k + 1, max_seconds, min_seconds, length) + _split_long(
-        spans, k + 1, j, max_seconds, min_seconds, length
+    return _split_long(spans, pauses, i, k + 1, max_seconds, min_seconds, length) + _split_long(
+        spans, pauses, k + 1, j, max_seconds, min_seconds, length
     )
 
 

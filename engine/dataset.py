@@ -2,11 +2,14 @@
 
 ``voices/<voice>/*`` → ``datasets/<voice>/``::
 
-    wavs/<stem>_00001.wav   22 050 Hz mono 16-bit clips of 1–11.5 s, cut between sentences
+    wavs/<stem>_00001.wav   22 050 Hz mono 16-bit clips of 0.5–11.5 s, cut in the pauses between
+                            sentences (VAD + word timestamps)
     train.csv               coqui's "coqui" formatter: ``audio_file|text|speaker_name``
     validation.csv          the same, a seeded random share of the clips
-    transcription.json      Whisper output per recording (engine.transcribe.TranscriptCache),
+    transcription.json      per recording: speech regions (VAD), language, Whisper's segments
+                            and each clip's re-transcription (engine.transcribe.TranscriptCache),
                             so a re-run transcribes only new or changed recordings
+    prepare.json            the voice's transcription settings (backend, model, language)
     report.json             counts, durations, skipped files with reasons, per-clip statistics
     edits.json              the user's changes (engine.dataset_edit): typed transcripts and
                             excluded clips, applied again by every run to the clips that remain
@@ -27,26 +30,30 @@ import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torchaudio.functional as AF
 
-from engine import dataset_edit, paths, transcribe
+from engine import dataset_edit, paths, scoring, transcribe
 from engine.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
+    audio_duration,
     dbfs,
     load_audio,
     loudness_normalise,
     peak,
     rms_dbfs,
     save_wav,
+    write_bytes_atomic,
 )
 from engine.clips import PlannedClip, plan_clips
 from engine.dataset_quality import clip_audio_stats, word_confidence
@@ -67,24 +74,118 @@ class DatasetError(ValueError):
         self.skipped = list(skipped or [])
 
 
+HALLUCINATIONS = frozenset(
+    {
+        "you", "thank you", "thanks for watching", "thank you for watching", "thank you very much",
+        "please subscribe", "subscribe to my channel", "bye", "so", "okay", "oh",
+        "subtitles by the amaraorg community", "transcription by castingwords",
+        "sous titrage st 501", "sous titres réalisés para la communauté damaraorg",
+        "merci davoir regardé", "untertitel der amaraorg community", "untertitel im auftrag des zdf",
+        "gracias por ver", "subtítulos realizados por la comunidad de amaraorg", "ご視聴ありがとうございました",
+    }
+)  # fmt: skip
+"""Texts Whisper writes for silence or noise (normalised by :func:`engine.scoring.normalise`
+with the basic normaliser): the "you" and "Thank you for watching" of YouTube subtitles, the
+credit lines of subtitle communities. Found in Whisper's issue tracker and in the Seed-TTS and
+WhisperX hallucination lists; a clip whose whole text is one of these is not kept."""
+
+SILENCE_BELOW_MEDIAN_DB = 40.0
+"""A clip whose RMS level is more than this many dB below the median clip of the voice is
+silence (or breath, or hum), not speech, whatever Whisper wrote for it."""
+
+MISMATCH_CER = 0.25
+"""A clip whose text and an independent re-transcription of its audio differ by more than
+this character error rate is flagged "text does not match audio" and left out of training
+until the user restores it (a sentence Whisper skipped or invented in the first pass gives
+CER 0.4–1; two decodes of the same clean clip usually differ by under 0.1)."""
+
+UNCOVERED_MIN_SECONDS = 0.3
+"""Stretches of detected speech shorter than this (seconds) that are in no clip are not
+listed in the coverage report: the VAD pads each region by 0.1 s and a clip keeps at most
+0.2 s of pause, so shorter leftovers are the edges of speech that is in a clip."""
+
+
+@dataclass
+class ClipRecord:
+    """One clip of report.json's ``per_clip``. Times and durations in seconds.
+
+    Made by prepare: ``audio_file`` (``"wavs/<stem>_NNNNN.wav"``), ``key``
+    (:func:`engine.dataset_edit.clip_key`), ``source`` (recording file name),
+    ``source_sha256``, ``start``/``end`` in the recording, ``duration``, ``text`` (trained on),
+    ``language`` (Whisper code of the recording), ``peak`` (0–1), ``peak_dbfs``,
+    ``rms_dbfs``, ``clipping`` (share of samples near full scale before normalisation),
+    ``leading_silence``/``trailing_silence``, Whisper's ``avg_logprob``,
+    ``min_word_probability`` and ``low_words`` (:mod:`engine.dataset_quality`);
+    ``verified_text`` (the clip re-transcribed on its own) and ``cer`` (character error rate
+    of ``text`` against it, :func:`engine.scoring.character_error_rate`); ``auto_excluded``
+    (the reason prepare left the clip out of training, e.g. "text does not match audio
+    (CER 0.47)", or None); ``speaker_similarity`` (cosine of the clip's speaker embedding to
+    the voice's median one, None when unmeasured).
+
+    Set by :func:`engine.dataset_edit.apply_edits`: ``split`` (``"train"``,
+    ``"validation"``, ``"excluded"``), ``whisper_text``, ``origin``, ``excluded`` and, after a
+    re-transcription of one clip, ``retranscription``.
+    """
+
+    audio_file: str
+    key: str
+    source: str
+    source_sha256: str
+    start: float
+    end: float
+    duration: float
+    text: str
+    split: str = "train"
+    language: str | None = None
+    peak: float | None = None
+    peak_dbfs: float | None = None
+    rms_dbfs: float | None = None
+    clipping: float | None = None
+    leading_silence: float | None = None
+    trailing_silence: float | None = None
+    avg_logprob: float | None = None
+    min_word_probability: float | None = None
+    low_words: list[str] = field(default_factory=list)
+    verified_text: str | None = None
+    cer: float | None = None
+    auto_excluded: str | None = None
+    speaker_similarity: float | None = None
+    whisper_text: str | None = None
+    origin: str = "whisper"
+    excluded: bool = False
+    recorded_split: str | None = None
+    retranscription: dict | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClipRecord:
+        """A record from a report.json entry; keys this version does not know are ignored
+        (``path``, added by :func:`engine.dataset_edit.list_clips`, for one)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class DatasetReport:
     """What :func:`prepare_dataset` made; :meth:`to_dict` is ``report.json``.
 
     Durations in seconds. ``clips`` counts every clip in ``wavs/``; ``train`` and
-    ``validation`` those in the csv files, ``excluded`` those the user left out;
-    ``total_seconds`` is the speech in the csv files; ``edited`` counts clips whose text the
-    user saved or had re-transcribed, and ``unmatched_edits`` the edits whose clip is gone
-    (:func:`engine.dataset_edit.summarise`). ``skipped``: ``{"file", "reason"}`` per unusable
-    recording. ``dropped``: ``{"file", "start", "end", "text", "reason"}`` per stretch of a
-    usable recording that made no clip. ``per_clip``: one dict per clip with ``audio_file``,
-    ``key`` (:func:`engine.dataset_edit.clip_key`), ``split`` (``"train"``,
-    ``"validation"``, ``"excluded"``), ``source``, ``source_sha256``, ``start``, ``end``,
-    ``duration``, ``text`` (trained on), ``whisper_text``, ``origin``, ``excluded``, ``peak``
-    (0–1), ``peak_dbfs``, ``rms_dbfs``, ``clipping`` (share of samples near full scale before
-    normalisation), ``leading_silence``, ``trailing_silence`` (seconds), Whisper's
-    ``avg_logprob``, ``min_word_probability`` and ``low_words``
-    (:mod:`engine.dataset_quality`).
+    ``validation`` those in the csv files, ``excluded`` those left out (by the user, or by
+    prepare when a clip's text does not match its audio); ``total_seconds`` is the speech in
+    the csv files; ``edited`` counts clips whose text the user saved or had re-transcribed,
+    and ``unmatched_edits`` the edits whose clip is gone (:func:`engine.dataset_edit.summarise`).
+    ``skipped``: ``{"file", "reason"}`` per unusable recording. ``dropped``: ``{"file",
+    "start", "end", "text", "reason"}`` per stretch of a usable recording that made no clip
+    (too short, no usable text, silence, a known Whisper hallucination).
+    ``language``: the Whisper code of the language most of the audio is in (the one asked
+    for, or the one Whisper detected per recording when ``requested_language`` is
+    ``"auto"``); ``languages``: ``{file: code}``. ``coverage``: ``speech_seconds`` (what the
+    VAD found), ``clip_seconds`` (of that speech, how much is in a kept clip), ``share``,
+    and ``uncovered``: ``{"file", "start", "end", "seconds", "reason"}`` per stretch of
+    speech in no clip. ``verification``: how clips were checked (model, CER threshold,
+    ``mismatched`` count). ``per_clip``: one :class:`ClipRecord` per clip.
     """
 
     voice: str
@@ -110,7 +211,12 @@ class DatasetReport:
     seconds_taken: float
     transcription_seconds: float
     created: str
-    per_clip: list[dict] = field(default_factory=list)
+    requested_language: str = "auto"
+    languages: dict[str, str] = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict)
+    speaker: dict = field(default_factory=dict)
+    per_clip: list[ClipRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +226,7 @@ def prepare_dataset(
     voice: str,
     backend: str = "faster-whisper",
     whisper_model: str | None = None,
-    language: str | None = "en",
+    language: str | None = "auto",
     validation_fraction: float = 0.15,
     seed: int = 0,
     progress: Progress | None = None,
@@ -130,23 +236,32 @@ def prepare_dataset(
     """Transcribe ``voices/<voice>/`` and write the dataset ``datasets/<voice>/``.
 
     Recordings are the files of :data:`engine.audio.SUPPORTED_EXTENSIONS` in the voice
-    folder, by name. Each is decoded at 22 050 Hz, RMS-normalised to -20 dBFS
-    (:func:`engine.audio.loudness_normalise`), transcribed (or read from
-    ``transcription.json``) and cut between sentences (:func:`engine.clips.plan_clips`).
-    The edits of ``edits.json`` (:mod:`engine.dataset_edit`) are applied to the clips whose
-    recording and times they name: typed transcripts replace Whisper's, excluded clips are
-    saved and reported but left out of the csv files.
+    folder, by name. Each is decoded at 22 050 Hz in a worker process
+    (:func:`engine.audio.load_audio`), RMS-normalised to -20 dBFS
+    (:func:`engine.audio.loudness_normalise`), and then, unless ``transcription.json`` holds
+    it already: its speech regions are found by Silero VAD, its language detected (with
+    ``language="auto"``), and the speech transcribed deterministically
+    (:mod:`engine.transcribe`). It is cut between sentences, in the pauses
+    (:func:`engine.clips.plan_clips`). Every clip is transcribed again on its own and its
+    text compared with that (CER, :data:`MISMATCH_CER`), and its speaker embedding compared
+    with the voice's (:mod:`engine.speaker`). Silence and Whisper's silence phrases never
+    become clips (:data:`SILENCE_BELOW_MEDIAN_DB`, :data:`HALLUCINATIONS`). The edits of
+    ``edits.json`` (:mod:`engine.dataset_edit`) are applied to the clips whose recording and
+    times they name. The same recordings, settings and model give the same files.
 
     Args:
         voice: voice name (checked by :func:`engine.paths.check_name`).
         backend: ``"faster-whisper"`` or ``"openai-whisper"``.
         whisper_model: model name or local path; None: :data:`transcribe.DEFAULT_MODELS`.
-        language: spoken language code; None or ``"auto"`` lets Whisper detect it.
-        validation_fraction: share of clips for validation, 0 ≤ f < 1; with ≥ 2 included
-            clips and f > 0 at least one clip, and at most all but one, is for validation.
-        seed: seed of the train/validation split (:func:`engine.dataset_edit.assign_splits`:
-            a clip keeps its split when recordings are added).
-        progress: optional ``progress(fraction 0–1, description)``.
+        language: spoken language (a Whisper code such as ``"es"``); None or ``"auto"``
+            detects it per recording with a multilingual model (an English-only model is
+            English).
+        validation_fraction: share of clips for validation, 0 ≤ f < 1 (see
+            :func:`engine.dataset_edit.assign_splits`).
+        seed: seed of the train/validation split.
+        progress: optional ``progress(fraction 0–1, description)``; the fraction is seconds
+            of audio done over seconds of audio in all recordings, and the description names
+            the stage (decoding, VAD, transcribing, verifying) and the seconds.
         log: gets one line per skipped file and a summary.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``, for Whisper.
 
@@ -155,7 +270,8 @@ def prepare_dataset(
 
     Raises:
         engine.paths.InvalidNameError: bad voice name.
-        engine.transcribe.TranscriptionError: unknown backend.
+        engine.transcribe.TranscriptionError: unknown backend, unknown language, or a
+            language other than English with an English-only model (nothing is written).
         ValueError: ``validation_fraction`` outside [0, 1).
         DatasetError: no recordings, the Whisper model cannot be loaded, no clip was made,
             edits.json cannot be read, or another run holds the dataset; the message lists
@@ -167,24 +283,28 @@ def prepare_dataset(
     source_dir, out_dir = paths.voice_dir(voice), paths.dataset_dir(voice)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    language = None if language in (None, "", "auto") else language
+    language = _check_language_code(language)
     model = _resolve_model(backend, whisper_model)
     recordings, skipped = _find_recordings(source_dir, log)
     if not recordings:
         kinds = ", ".join(SUPPORTED_EXTENSIONS)
         raise DatasetError(f"no recordings ({kinds}) in {source_dir}", skipped)
+    _load_whisper(backend, model, device)  # a missing model stops the run before any file is written
+    transcribe.check_language(backend, model, language, device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     whisper = _Whisper(backend, model, language, device)
     with _exclusive(out_dir):
         split = (validation_fraction, seed)
         report = _make_dataset(voice, recordings, skipped, whisper, split, progress, log, started)
+        save_voice_settings(voice, backend=backend, whisper_model=whisper_model, language=language or "auto")
     excluded = f", {report.excluded} excluded" if report.excluded else ""
     log(
         f"{voice}: {report.clips} clips ({report.train} train, {report.validation} "
         f"validation{excluded}), {report.total_seconds:.1f} s of speech from "
-        f"{report.audio_seconds:.1f} s of recordings; {len(skipped)} skipped; "
-        f"took {report.seconds_taken:.1f} s"
+        f"{report.audio_seconds:.1f} s of recordings; language {report.language}; "
+        f"{report.coverage.get('clip_seconds', 0):.1f} of {report.coverage.get('speech_seconds', 0):.1f} s "
+        f"of detected speech in clips; {len(skipped)} skipped; took {report.seconds_taken:.1f} s"
     )
     return report
 
@@ -193,7 +313,7 @@ def prepare_command(
     voice: str,
     backend: str = "faster-whisper",
     whisper_model: str | None = None,
-    language: str | None = "en",
+    language: str | None = "auto",
     validation_fraction: float = 0.15,
     seed: int = 0,
     log: Callable[[str], None] = print,
@@ -201,11 +321,20 @@ def prepare_command(
 ) -> int:
     """``python -m engine prepare VOICE …``: run :func:`prepare_dataset`; an exit status.
 
-    Returns 0 when at least one clip was made; 1 after writing ``error: <reason>`` to
-    ``error_log`` (default: standard error) when the voice name, backend, model, arguments
-    or recordings are bad. Skipped files and the summary go to ``log``.
+    Prints progress (stage and seconds of audio done) to ``log`` about every 5 % or stage
+    change. Returns 0 when at least one clip was made; 1 after writing ``error: <reason>`` to
+    ``error_log`` (default: standard error) when the voice name, backend, model, language,
+    arguments or recordings are bad. Skipped files and the summary go to ``log``.
     """
     error_log = error_log or (lambda line: print(line, file=sys.stderr))
+    shown = {"fraction": -1.0, "stage": ""}
+
+    def progress(fraction: float, description: str) -> None:
+        stage = description.split(" ", 1)[0]
+        if fraction - shown["fraction"] >= 0.05 or stage != shown["stage"] or fraction >= 1.0:
+            shown.update(fraction=fraction, stage=stage)
+            log(f"[{fraction:4.0%}] {description}")
+
     try:
         prepare_dataset(
             voice,
@@ -214,12 +343,36 @@ def prepare_command(
             language=language,
             validation_fraction=validation_fraction,
             seed=seed,
+            progress=progress,
             log=log,
         )
     except ValueError as error:  # DatasetError, InvalidNameError, TranscriptionError
         error_log(f"error: {error}")
         return 1
     return 0
+
+
+VOICE_SETTINGS_FILE = "prepare.json"
+
+
+def voice_settings(voice: str) -> dict:
+    """The transcription settings last used for the voice (``datasets/<voice>/prepare.json``):
+    ``{"backend", "whisper_model", "language"}``; {} when none are saved or the file is
+    unreadable. Raises InvalidNameError for a bad voice name."""
+    path = paths.dataset_dir(voice) / VOICE_SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keys = ("backend", "whisper_model", "language")
+    return {k: data[k] for k in keys if isinstance(data, dict) and isinstance(data.get(k), str)}
+
+
+def save_voice_settings(voice: str, backend: str, whisper_model: str | None, language: str) -> None:
+    """Remember the transcription settings of a voice (see :func:`voice_settings`)."""
+    data = {"backend": backend, "whisper_model": whisper_model or "", "language": language}
+    text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+    write_bytes_atomic(paths.dataset_dir(voice) / VOICE_SETTINGS_FILE, text.encode("utf-8"))
 
 
 def load_clips(voice: str) -> list[dict]:
@@ -264,41 +417,62 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
     cache.keep_only(set(hashes.values()))
     staging = Path(tempfile.mkdtemp(prefix=".wavs.new-", dir=out_dir))
     stems = _clip_stems(recordings)
-    clips: list[dict] = []
+    meter = _Progress(progress, {path: audio_duration(path) for path in recordings})
+    clips: list[ClipRecord] = []
+    embeddings: dict[str, object] = {}
     dropped: list[dict] = []
+    speech: dict[str, list] = {}
+    languages: dict[str, str] = {}
     counts = {"audio": 0.0, "transcription": 0.0, "transcribed": 0, "reused": 0}
     try:
-        for index, path in enumerate(recordings):
-            progress(index / len(recordings), f"{path.name} ({index + 1}/{len(recordings)})")
+        for path in recordings:
+            meter.begin(path)
             try:
                 audio = load_audio(path, SAMPLE_RATE)
+                meter.update("VAD", 0.1)
+                audio_16k = AF.resample(audio, SAMPLE_RATE, transcribe.SAMPLE_RATE).numpy()
                 key = cache.key(hashes[path], whisper.backend, whisper.model, whisper.language)
-                segments = _segments(path, audio, whisper, cache, key, counts)
+                segments, details = _transcript(path, audio_16k, whisper, cache, key, counts, meter)
             except (AudioError, _Unusable) as error:
                 skipped.append(_skip(path, getattr(error, "reason", str(error)), log))
+                meter.end(path)
                 continue
             counts["audio"] += audio.numel() / SAMPLE_RATE
+            speech[path.name], languages[path.name] = details["speech"], details["language"]
             raw, audio = audio, loudness_normalise(audio)
-            planned, file_dropped = plan_clips(segments, audio, SAMPLE_RATE)
-            dropped += [{"file": path.name, **item} for item in file_dropped]
-            if not planned:
-                reasons = sorted({d["reason"] for d in file_dropped}) or ["no speech"]
-                skipped.append(_skip(path, "no usable clip: " + "; ".join(reasons), log))
-            for number, clip in enumerate(planned, start=1):
+            planned, file_dropped = plan_clips(segments, audio, SAMPLE_RATE, speech=details["speech"])
+            planned, hallucinated = _drop_hallucinations(planned)
+            dropped += [{"file": path.name, **item} for item in file_dropped + hallucinated]
+            meter.update("verifying", 0.8)
+            verified = _verify(audio_16k, planned, whisper, details["language"], cache, key)
+            for number, (clip, heard) in enumerate(zip(planned, verified, strict=True), start=1):
                 name = f"{stems[path]}_{number:05d}.wav"
                 first = round(clip.start * SAMPLE_RATE)  # the length rounded once: ≥ 1 s stays ≥ 1 s
                 stretch = slice(first, first + round((clip.end - clip.start) * SAMPLE_RATE))
                 save_wav(staging / name, audio[stretch], SAMPLE_RATE)
-                clips.append(_clip_stats(name, path, hashes[path], clip, audio[stretch], raw[stretch], segments))
+                record = _clip_record(name, path, hashes[path], clip, audio[stretch], raw[stretch], segments)
+                record.language = details["language"]
+                _check_text(record, heard)
+                clips.append(record)
+                embeddings[record.audio_file] = _embedding(audio_16k, clip)
+            if not planned:
+                reasons = sorted({d["reason"] for d in file_dropped + hallucinated}) or ["no speech"]
+                skipped.append(_skip(path, "no usable clip: " + "; ".join(reasons), log))
+            meter.end(path)
         progress(1.0, "writing the dataset")
+        clips, silent = _drop_silent(clips, staging)
+        dropped += silent
+        speaker = _check_speakers(clips, embeddings)
         if not clips:
             lines = [f"no clips could be made from the recordings in {paths.voice_dir(voice)}:"]
             lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
             raise DatasetError("\n".join(lines), skipped)
-        clips = dataset_edit.apply_edits(clips, edits, *split)
+        per_clip = dataset_edit.apply_edits([clip.to_dict() for clip in clips], edits, *split)
+        per_clip_records = [ClipRecord.from_dict(clip) for clip in per_clip]
+        mismatched = sum(bool(clip.auto_excluded) for clip in clips)
         report = DatasetReport(
             voice=voice,
-            **dataset_edit.summarise(clips, edits),
+            **dataset_edit.summarise(per_clip, edits),
             audio_seconds=round(counts["audio"], 3),
             recordings=len(recordings),
             transcribed=counts["transcribed"],
@@ -307,14 +481,19 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
             dropped=dropped,
             backend=whisper.backend,
             model=whisper.model,
-            language=whisper.language,
+            language=_majority(languages, speech) or whisper.language,
+            requested_language=whisper.language or "auto",
+            languages=languages,
+            coverage=_coverage(speech, clips, dropped),
+            verification={"cer_threshold": MISMATCH_CER, "mismatched": mismatched, "model": whisper.model},
+            speaker=speaker,
             sample_rate=SAMPLE_RATE,
             validation_fraction=split[0],
             seed=split[1],
             seconds_taken=round(time.perf_counter() - started, 3),
             transcription_seconds=round(counts["transcription"], 3),
             created=_now(),
-            per_clip=clips,
+            per_clip=per_clip_records,
         )
         _install(out_dir, staging, report)
     finally:
@@ -364,32 +543,264 @@ class _Whisper:
     device: str
 
 
-def _segments(path, audio, whisper: _Whisper, cache, key: str, counts: dict):
-    """The recording's transcript from the cache, else from Whisper (then cached)."""
-    segments = cache.get(key)
-    if segments is not None:
-        counts["reused"] += 1
-        return segments
-    backend, model = whisper.backend, whisper.model
-    try:  # load first, so that a missing model stops the run instead of skipping files
-        transcribe.load_model(backend, model, whisper.device)
-    except Exception as error:  # the backends raise many kinds
-        reason = f"{type(error).__name__}: {error}"
-        raise DatasetError(f"cannot load the {backend} model {model!r} ({reason})") from error
-    started = time.perf_counter()
-    audio_16k = AF.resample(audio, SAMPLE_RATE, transcribe.SAMPLE_RATE).numpy()
+def _load_whisper(backend: str, model: str, device: str) -> None:
+    """Load the Whisper model, or raise DatasetError with one plain sentence."""
     try:
-        segments = transcribe.transcribe(audio_16k, backend, model, whisper.language, whisper.device)
+        transcribe.load_model(backend, model, device)
+    except transcribe.TranscriptionError:
+        raise
+    except Exception as error:  # the backends raise many kinds (OSError, hub errors, RuntimeError)
+        detail = " ".join(str(error).split())[:200]
+        where = paths.models_dir() / backend
+        raise DatasetError(
+            f"cannot load the {backend} model {model!r}: it is not in {where} and could not be downloaded "
+            f"(offline?); choose a model folder on this computer in Settings ({type(error).__name__}: {detail})"
+        ) from error
+
+
+def _check_language_code(language: str | None) -> str | None:
+    """None for auto-detection, else ``language`` if Whisper knows it; raises TranscriptionError."""
+    if language in (None, "", "auto"):
+        return None
+    from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+    code = str(language).strip().lower()
+    code = {"zh-cn": "zh"}.get(code, TO_LANGUAGE_CODE.get(code, code))
+    if code not in LANGUAGES:
+        raise transcribe.TranscriptionError(
+            f"language {language!r} is not one Whisper knows; use a code such as en, es, fr or auto"
+        )
+    return code
+
+
+class _Progress:
+    """Turns per-file stages into ``progress(fraction of all seconds of audio, description)``."""
+
+    def __init__(self, progress: Progress, durations: dict[Path, float | None]):
+        self.progress = progress
+        self.durations = {path: seconds or 0.0 for path, seconds in durations.items()}
+        self.total = sum(self.durations.values()) or float(len(durations))
+        self.done = 0.0
+        self.path: Path | None = None
+
+    def _seconds(self, path: Path) -> float:
+        return self.durations[path] if sum(self.durations.values()) else 1.0
+
+    def begin(self, path: Path) -> None:
+        self.path = path
+        self.update("decoding", 0.0)
+
+    def update(self, stage: str, share: float) -> None:
+        """``share`` (0–1) of the current file is done; ``stage`` names what runs now."""
+        done = self.done + share * self._seconds(self.path)
+        total = sum(self.durations.values())
+        amount = f"{done:.0f} of {total:.0f} s of audio" if total else f"file {done:.1f} of {self.total:.0f}"
+        self.progress(min(done / self.total, 1.0), f"{stage} {self.path.name} ({amount})")
+
+    def end(self, path: Path) -> None:
+        self.done += self._seconds(path)
+
+
+class _Unusable(Exception):
+    """A recording to skip; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class _Whisper:
+    backend: str
+    model: str
+    language: str | None
+    device: str
+
+
+def _transcript(path, audio_16k, whisper: _Whisper, cache, key: str, counts: dict, meter: _Progress):
+    """The recording's transcript and ``{"speech", "language"}`` from the cache, else from
+    VAD + (language detection) + Whisper, then cached."""
+    segments = cache.get(key)
+    details = cache.details(key)
+    if segments is not None and "speech" in details and "language" in details:
+        counts["reused"] += 1
+        return segments, details
+    started = time.perf_counter()
+    try:
+        speech = transcribe.detect_speech(audio_16k)
+        language, probability = whisper.language, 1.0
+        if language is None and speech:
+            meter.update("detecting-language", 0.15)
+            voiced = np.concatenate(
+                [audio_16k[round(a * transcribe.SAMPLE_RATE) : round(b * transcribe.SAMPLE_RATE)] for a, b in speech]
+            )
+            language, probability = transcribe.detect_language(voiced, whisper.backend, whisper.model, whisper.device)
+        meter.update("transcribing", 0.2)
+        chunks = transcribe.speech_chunks(speech)
+        segments = transcribe.transcribe(
+            audio_16k, whisper.backend, whisper.model, language, whisper.device, chunks=chunks
+        )
     except Exception as error:  # one bad file must not stop the rest
         raise _Unusable(f"transcription failed ({type(error).__name__}: {error})") from error
     seconds = time.perf_counter() - started
     counts["transcribed"] += 1
     counts["transcription"] += seconds
-    cache.put(
-        key, segments, file=path.name, audio_seconds=round(audio.numel() / SAMPLE_RATE, 3),
-        seconds_taken=round(seconds, 3), transcribed_at=_now(),
-    )  # fmt: skip
-    return segments
+    details = {
+        "file": path.name, "audio_seconds": round(audio_16k.size / transcribe.SAMPLE_RATE, 3),
+        "speech": [list(region) for region in speech], "language": language or "en",
+        "language_probability": round(probability, 4), "seconds_taken": round(seconds, 3),
+        "transcribed_at": _now(),
+    }  # fmt: skip
+    cache.put(key, segments, **details)
+    return segments, details
+
+
+def _verify(audio_16k, planned: list[PlannedClip], whisper: _Whisper, language: str, cache, key: str) -> list[str]:
+    """Each planned clip transcribed again on its own (one batched pass), from the cache
+    when the same clip of the same recording was checked before with the same settings."""
+    entry = cache.entries.get(key, {})
+    known = dict(entry.get("verified") or {})
+    spans = [(clip.start, clip.end) for clip in planned]
+    names = [f"{start:.3f}:{end:.3f}" for start, end in spans]
+    missing = [i for i, name in enumerate(names) if name not in known]
+    if missing:
+        texts = transcribe.transcribe_spans(
+            audio_16k, [spans[i] for i in missing], whisper.backend, whisper.model, language, whisper.device
+        )
+        known.update({names[i]: text for i, text in zip(missing, texts, strict=True)})
+        if key in cache.entries:
+            cache.entries[key]["verified"] = {name: known[name] for name in names}
+            cache.save()
+    return [known[name] for name in names]
+
+
+def _check_text(record: ClipRecord, heard: str) -> None:
+    """Record the re-transcription and its CER; leave the clip out of training when the two
+    disagree by more than :data:`MISMATCH_CER`."""
+    record.verified_text = dataset_edit.clean_text(heard)
+    record.cer = round(scoring.character_error_rate(record.text, heard, record.language), 4)
+    if record.cer > MISMATCH_CER:
+        record.auto_excluded = f"text does not match audio (CER {record.cer:.2f})"
+
+
+def _drop_hallucinations(planned: list[PlannedClip]) -> tuple[list[PlannedClip], list[dict]]:
+    """Planned clips whose whole text is a known silence phrase (:data:`HALLUCINATIONS`) go."""
+    kept, dropped = [], []
+    for clip in planned:
+        said = scoring.normalise(clip.text, language=None).replace(".", "")
+        if said in HALLUCINATIONS:
+            reason = f"a phrase Whisper writes for silence or noise ({clip.text.strip()!r})"
+            dropped.append(
+                {"start": round(clip.start, 3), "end": round(clip.end, 3), "text": clip.text, "reason": reason}
+            )
+        else:
+            kept.append(clip)
+    return kept, dropped
+
+
+def _drop_silent(clips: list[ClipRecord], staging: Path) -> tuple[list[ClipRecord], list[dict]]:
+    """Clips more than :data:`SILENCE_BELOW_MEDIAN_DB` below the voice's median RMS level
+    are removed (their wav too); returns the rest and a ``dropped`` entry for each."""
+    levels = [clip.rms_dbfs for clip in clips if clip.rms_dbfs is not None]
+    if not levels:
+        return clips, []
+    floor = statistics.median(levels) - SILENCE_BELOW_MEDIAN_DB
+    kept, dropped = [], []
+    for clip in clips:
+        if clip.rms_dbfs is not None and clip.rms_dbfs < floor:
+            (staging / Path(clip.audio_file).name).unlink(missing_ok=True)
+            below = statistics.median(levels) - clip.rms_dbfs
+            dropped.append({"file": clip.source, "start": clip.start, "end": clip.end, "text": clip.text,
+                            "reason": f"silence: RMS {clip.rms_dbfs:.0f} dBFS, {below:.0f} dB below the voice's median"})  # fmt: skip
+        else:
+            kept.append(clip)
+    return kept, dropped
+
+
+def _embedding(audio_16k: np.ndarray, clip: PlannedClip):
+    """The clip's speaker embedding (:func:`engine.speaker.embed`), None when it cannot be made."""
+    try:
+        from engine import speaker
+    except ImportError:
+        return None
+    first, last = round(clip.start * transcribe.SAMPLE_RATE), round(clip.end * transcribe.SAMPLE_RATE)
+    try:
+        return speaker.embed(audio_16k[first:last])
+    except ValueError:  # too short to embed
+        return None
+
+
+def _check_speakers(clips: list[ClipRecord], embeddings: dict) -> dict:
+    """Set each clip's ``speaker_similarity`` to the voice's median embedding (clips whose
+    text matches their audio make the reference); returns report.json's ``speaker``."""
+    try:
+        from engine import speaker
+    except ImportError:
+        return {"measured": False, "reason": "speaker embeddings unavailable (resemblyzer not installed)"}
+    trusted = [
+        embeddings[c.audio_file] for c in clips if embeddings.get(c.audio_file) is not None and not c.auto_excluded
+    ]
+    if len(trusted) < 2:
+        return {"measured": False, "reason": "fewer than two clips to compare"}
+    reference = speaker.reference_embedding(np.stack(trusted))
+    for clip in clips:
+        vector = embeddings.get(clip.audio_file)
+        if vector is not None:
+            clip.speaker_similarity = round(speaker.cosine(vector, reference), 4)
+    return {"measured": True, "model": "resemblyzer GE2E", "threshold": speaker.SAME_SPEAKER_THRESHOLD}
+
+
+def _majority(languages: dict[str, str], speech: dict[str, list]) -> str | None:
+    """The language with the most seconds of detected speech (ties: alphabetical)."""
+    seconds: dict[str, float] = {}
+    for name, code in languages.items():
+        seconds[code] = seconds.get(code, 0.0) + sum(end - start for start, end in speech.get(name, []))
+    return min(seconds, key=lambda code: (-seconds[code], code)) if seconds else None
+
+
+def _coverage(speech: dict[str, list], clips: list[ClipRecord], dropped: list[dict]) -> dict:
+    """How much of the detected speech is in a clip, and where the rest went."""
+    total = covered = 0.0
+    uncovered = []
+    for name, regions in speech.items():
+        spans = sorted((c.start, c.end) for c in clips if c.source == name)
+        for start, end in regions:
+            total += end - start
+            inside = sum(max(0.0, min(end, b) - max(start, a)) for a, b in spans)
+            covered += inside
+            for a, b in _gaps(start, end, spans):
+                if b - a >= UNCOVERED_MIN_SECONDS:
+                    reason = _why_uncovered(name, a, b, dropped)
+                    uncovered.append({"file": name, "start": round(a, 3), "end": round(b, 3),
+                                      "seconds": round(b - a, 3), "reason": reason})  # fmt: skip
+    return {
+        "speech_seconds": round(total, 3),
+        "clip_seconds": round(covered, 3),
+        "share": round(covered / total, 4) if total else None,
+        "uncovered": uncovered,
+    }
+
+
+def _gaps(start: float, end: float, spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The parts of ``[start, end]`` outside every span (spans sorted by start)."""
+    gaps, position = [], start
+    for a, b in spans:
+        if b <= position or a >= end:
+            continue
+        if a > position:
+            gaps.append((position, a))
+        position = max(position, b)
+    if position < end:
+        gaps.append((position, end))
+    return gaps
+
+
+def _why_uncovered(name: str, start: float, end: float, dropped: list[dict]) -> str:
+    """The reason of the dropped stretch that overlaps ``[start, end]`` most, else a default."""
+    best, overlap = None, 0.0
+    for item in dropped:
+        if item.get("file") != name or "start" not in item:
+            continue
+        shared = min(end, item["end"]) - max(start, item["start"])
+        if shared > overlap:
+            best, overlap = item["reason"], shared
+    return best or "Whisper wrote no words for this speech (noise, laughter, or a language it did not expect)"
 
 
 def _find_recordings(source_dir: Path, log) -> tuple[list[Path], list[dict]]:
@@ -427,12 +838,12 @@ def _skip(path: Path, reason: str, log) -> dict:
     return {"file": path.name, "reason": reason}
 
 
-def _clip_stats(name, source: Path, source_sha256: str, clip: PlannedClip, samples, raw, segments) -> dict:
+def _clip_record(name, source: Path, source_sha256: str, clip: PlannedClip, samples, raw, segments) -> ClipRecord:
     """report.json's entry for one clip: ``samples`` as saved, ``raw`` the same stretch before
     loudness normalisation, ``segments`` the recording's transcript."""
     top = peak(samples)
     start, end = round(clip.start, 3), round(clip.end, 3)
-    return {
+    fields_ = {
         "audio_file": f"wavs/{name}",
         "key": dataset_edit.clip_key(source_sha256, start, end),
         "split": "train",
@@ -450,6 +861,7 @@ def _clip_stats(name, source: Path, source_sha256: str, clip: PlannedClip, sampl
         "avg_logprob": round(clip.avg_logprob, 4),
         **word_confidence(segments, clip.start, clip.end),
     }
+    return ClipRecord(**fields_)
 
 
 def _install(out_dir: Path, staging: Path, report: DatasetReport) -> None:

@@ -151,7 +151,7 @@ def apply_edits(
     clips = []
     for old in per_clip:
         clip = {k: v for k, v in old.items() if k != "retranscription"}
-        clip["whisper_text"] = old.get("whisper_text", old.get("text", ""))
+        clip["whisper_text"] = old.get("whisper_text") or old.get("text", "")
         edit = edits.get(old.get("key", ""), {})
         clip["text"] = edit.get("text") or clip["whisper_text"]
         clip["origin"] = "whisper"
@@ -159,7 +159,10 @@ def apply_edits(
             clip["origin"] = "retranscribed" if edit.get("origin") == "whisper" else "manual"
         if edit.get("whisper"):
             clip["retranscription"] = edit["whisper"]
-        clip["excluded"] = bool(edit.get("excluded"))
+        # A clip prepare left out by itself (``auto_excluded``: its text does not match its
+        # audio) stays out until the user restores it or types its text.
+        automatic = bool(old.get("auto_excluded")) and clip["origin"] != "manual"
+        clip["excluded"] = bool(edit["excluded"]) if "excluded" in edit else automatic
         clips.append(clip)
     if validation_fraction is not None:
         assign_splits(clips, validation_fraction, seed)
@@ -175,23 +178,29 @@ def assign_splits(clips: list[dict], validation_fraction: float, seed: int) -> N
     """Set each clip's ``split`` in place: ``"excluded"`` for excluded clips, ``"validation"``
     for a seeded share of the others, ``"train"`` for the rest.
 
-    Of ``n`` included clips, ``min(n - 1, max(1, round(fraction * n)))`` are for validation
-    when ``n >= 2`` and ``fraction > 0``, else none. They are the clips with the lowest
-    ``sha256("<seed>:<key>")`` (``key``, else ``audio_file``): a clip keeps its split when
-    others are added, excluded or restored, except the one clip that crosses when the number
-    of validation clips changes or a validation clip is excluded.
+    Clips are ranked by ``sha256("<seed>:<key>")`` (``key``, else ``audio_file``). Of ``n``
+    clips, excluded ones included, the ``min(n - 1, max(1, round(fraction * n)))`` lowest
+    are the validation share (when ``n >= 2`` and ``fraction > 0``); those of them not
+    excluded are for validation. So excluding or restoring a clip never moves another clip
+    between train and validation: an excluded validation clip leaves a gap, it is not filled
+    with a training clip. Only when that leaves no validation clip at all (and at least two
+    clips are included) does the lowest-ranked training clip cross, so that validation loss
+    can still be measured. A clip keeps its split when recordings are added, except the ones
+    that cross when the size of the share changes.
     """
     included = [clip for clip in clips if not clip.get("excluded")]
-    count = len(included)
     n_validation = 0
-    if count >= 2 and validation_fraction > 0:
-        n_validation = min(count - 1, max(1, round(validation_fraction * count)))
+    if len(clips) >= 2 and validation_fraction > 0:
+        n_validation = min(len(clips) - 1, max(1, round(validation_fraction * len(clips))))
 
     def rank(clip: dict) -> str:
         name = clip.get("key") or clip["audio_file"]
         return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
-    validation = {id(clip) for clip in sorted(included, key=rank)[:n_validation]}
+    share = {id(clip) for clip in sorted(clips, key=rank)[:n_validation]}
+    validation = {id(clip) for clip in included if id(clip) in share}
+    if n_validation and not validation and len(included) >= 2:
+        validation = {id(min(included, key=rank))}
     for clip in clips:
         if clip.get("excluded"):
             clip["split"] = "excluded"
@@ -333,6 +342,8 @@ def set_excluded(voice: str, audio_file: str, excluded: bool = True) -> dict:
     def change(edit: dict, clip: dict) -> None:
         if excluded:
             edit["excluded"] = True
+        elif clip.get("auto_excluded"):
+            edit["excluded"] = False  # restored: overrides prepare's own exclusion
         else:
             edit.pop("excluded", None)
 
