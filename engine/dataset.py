@@ -289,8 +289,9 @@ def prepare_dataset(
     if not recordings:
         kinds = ", ".join(SUPPORTED_EXTENSIONS)
         raise DatasetError(f"no recordings ({kinds}) in {source_dir}", skipped)
-    _load_whisper(backend, model, device)  # a missing model stops the run before any file is written
-    transcribe.check_language(backend, model, language, device)
+    if language not in (None, "en"):  # refuse an English-only model before anything is written
+        _load_whisper(backend, model, device)
+        transcribe.check_language(backend, model, language, device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     whisper = _Whisper(backend, model, language, device)
@@ -621,6 +622,7 @@ def _transcript(path, audio_16k, whisper: _Whisper, cache, key: str, counts: dic
     if segments is not None and "speech" in details and "language" in details:
         counts["reused"] += 1
         return segments, details
+    _load_whisper(whisper.backend, whisper.model, whisper.device)  # a missing model stops the run
     started = time.perf_counter()
     try:
         speech = transcribe.detect_speech(audio_16k)
@@ -660,6 +662,7 @@ def _verify(audio_16k, planned: list[PlannedClip], whisper: _Whisper, language: 
     names = [f"{start:.3f}:{end:.3f}" for start, end in spans]
     missing = [i for i, name in enumerate(names) if name not in known]
     if missing:
+        _load_whisper(whisper.backend, whisper.model, whisper.device)
         texts = transcribe.transcribe_spans(
             audio_16k, [spans[i] for i in missing], whisper.backend, whisper.model, language, whisper.device
         )

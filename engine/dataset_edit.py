@@ -201,6 +201,8 @@ def assign_splits(clips: list[dict], validation_fraction: float, seed: int) -> N
     validation = {id(clip) for clip in included if id(clip) in share}
     if n_validation and not validation and len(included) >= 2:
         validation = {id(min(included, key=rank))}
+    if len(validation) >= len(included):  # keep at least one clip to train on
+        validation = {id(clip) for clip in sorted(included, key=rank)[: len(included) - 1]}
     for clip in clips:
         if clip.get("excluded"):
             clip["split"] = "excluded"

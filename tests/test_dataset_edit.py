@@ -122,10 +122,12 @@ def test_edits_survive_prepare_and_only_new_recordings_are_transcribed(
     (home / "voices" / VOICE / "piano.mp3").unlink()
     calls = []
     real = transcribe.transcribe
-    monkeypatch.setattr(transcribe, "transcribe", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        transcribe, "transcribe", lambda *a, **k: calls.append(k.get("word_timestamps", True)) or real(*a, **k)
+    )
     report = prepare_dataset(VOICE, whisper_model=faster_whisper_model_path, log=lambda _: None)
 
-    assert len(calls) == 1 and report.transcribed == 1 and report.reused == 3  # only zebra.wav is new
+    assert calls == [True, False] and report.transcribed == 1 and report.reused == 3  # only zebra.wav is new
     assert (report.edited, report.excluded, report.unmatched_edits) == (1, 1, 1)
     rows = csv_rows(home)
     assert rows[market["audio_file"]]["text"] == "Today is a beautiful day, said Ann."
