@@ -1,17 +1,21 @@
-"""engine.audio: decoding every supported format, validation errors, loudness, WAV writing."""
+"""engine.audio: decoding every supported format in a worker process (crash, hang, stereo, length),
+validation errors, loudness, WAV writing."""
 
 from __future__ import annotations
 
 import math
+import time
 import wave
 
 import numpy as np
 import pytest
 import torch
 
+from engine import audio
 from engine.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
+    audio_duration,
     load_audio,
     loudness_normalise,
     peak,
@@ -131,3 +135,105 @@ def test_level_helpers():
     assert rms_dbfs(torch.ones(10)) == pytest.approx(0.0)
     assert rms_dbfs(torch.zeros(10)) == -math.inf and rms_dbfs(torch.zeros(0)) == -math.inf
     assert peak(torch.tensor([0.1, -0.7])) == pytest.approx(0.7)
+
+
+# --- the decoder process ------------------------------------------------------------------------
+
+
+def _decoder_processes() -> list:
+    """This test process's running ``engine.audio_worker`` children."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "engine.audio_worker" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_stereo_44k_decodes_to_the_mean_of_its_channels_at_the_requested_rate(tmp_path):
+    source_rate, rate, seconds = 44_100, 22_050, 3.0
+    t = np.arange(round(seconds * source_rate)) / source_rate
+    left, right = 0.6 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 1000 * t + 1.0)
+    _write_pcm(tmp_path / "stereo44.wav", np.stack([left, right], axis=1), source_rate)
+
+    decoded = load_audio(tmp_path / "stereo44.wav", rate).numpy()
+
+    assert decoded.dtype == np.float32 and decoded.shape == (round(seconds * rate),)
+    # The reference: the mean of the two channels, sampled directly at the output rate (both
+    # tones are far below the output's Nyquist frequency, so resampling must preserve them).
+    out_t = np.arange(decoded.size) / rate
+    reference = (0.6 * np.sin(2 * np.pi * 440 * out_t) + 0.3 * np.sin(2 * np.pi * 1000 * out_t + 1.0)) / 2
+    inner = slice(rate // 10, -rate // 10)  # the filter's edge transients left out
+    np.testing.assert_allclose(decoded[inner], reference[inner], atol=2e-3)
+    assert np.sqrt(np.mean((decoded[inner] - reference[inner]) ** 2)) < 5e-4
+
+
+def test_progress_reports_seconds_decoded_ending_with_the_whole_length(tmp_path):
+    _write_pcm(tmp_path / "tone.wav", _sine(2.5, 16_000), 16_000)
+    seen: list[float] = []
+    load_audio(tmp_path / "tone.wav", 22_050, progress=seen.append)
+    assert seen and seen[-1] == pytest.approx(2.5) and seen == sorted(seen)
+
+
+def test_audio_duration_reads_the_container_without_decoding(tmp_path, speech_voice):
+    _write_pcm(tmp_path / "tone.wav", _sine(3.25, 44_100), 44_100)
+    assert audio_duration(tmp_path / "tone.wav") == pytest.approx(3.25, abs=1e-3)
+    assert audio_duration(speech_voice.folder / "morning.flac") == pytest.approx(
+        load_audio(speech_voice.folder / "morning.flac", 16_000).numel() / 16_000, abs=0.05
+    )
+    assert audio_duration(tmp_path / "missing.wav") is None
+    assert audio_duration(speech_voice.folder / "notes.wav") is None
+
+
+def test_decode_timeout_scales_with_duration_and_the_environment_overrides_it(monkeypatch):
+    monkeypatch.delenv(audio.TIMEOUT_ENV, raising=False)
+    assert audio.decode_timeout(0.0) == audio.TIMEOUT_BASE
+    two_hours = audio.decode_timeout(7200.0)
+    assert two_hours == pytest.approx(audio.TIMEOUT_BASE + 7200 * audio.TIMEOUT_PER_SECOND)
+    assert audio.decode_timeout(None, size_bytes=10_000_000) > two_hours  # unknown length: generous
+    monkeypatch.setenv(audio.TIMEOUT_ENV, "2.5")
+    assert audio.decode_timeout(7200.0) == 2.5
+    monkeypatch.setenv(audio.TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match=audio.TIMEOUT_ENV):
+        audio.decode_timeout(1.0)
+
+
+def test_a_crashing_decoder_costs_only_its_file(tmp_path, monkeypatch):
+    _write_pcm(tmp_path / "good.wav", _sine(1.0, 16_000), 16_000)
+    _write_pcm(tmp_path / "broken.wav", _sine(1.0, 16_000), 16_000)
+    monkeypatch.setenv(audio.FAULT_ENV, "crash:broken*.wav")
+
+    with pytest.raises(AudioError, match="decoder crashed") as caught:
+        load_audio(tmp_path / "broken.wav", 16_000)
+    assert caught.value.path == tmp_path / "broken.wav"
+    assert caught.value.reason.startswith("decoder crashed (")
+    # This process and the next file go on; a new decoder replaces the dead one.
+    assert load_audio(tmp_path / "good.wav", 16_000).numel() == 16_000
+    assert not list(tmp_path.glob("*.f32"))
+
+
+def test_a_hanging_decoder_times_out_and_is_killed(tmp_path, monkeypatch):
+    _write_pcm(tmp_path / "stuck.wav", _sine(1.0, 16_000), 16_000)
+    audio.close_decoders()
+    monkeypatch.setenv(audio.FAULT_ENV, "hang:stuck.wav")
+    monkeypatch.setenv(audio.TIMEOUT_ENV, "1.5")
+
+    started = time.monotonic()
+    with pytest.raises(AudioError, match=r"decoding timed out after 1\.5 s"):
+        load_audio(tmp_path / "stuck.wav", 16_000)
+    assert time.monotonic() - started < 30
+    assert _decoder_processes() == []  # the hung worker was killed and reaped
+
+    monkeypatch.delenv(audio.FAULT_ENV)
+    assert load_audio(tmp_path / "stuck.wav", 16_000).numel() == 16_000
+
+
+def test_an_invalid_fault_spec_is_refused(tmp_path, monkeypatch):
+    _write_pcm(tmp_path / "tone.wav", _sine(1.0, 16_000), 16_000)
+    monkeypatch.setenv(audio.FAULT_ENV, "explode")
+    with pytest.raises(ValueError, match=audio.FAULT_ENV):
+        load_audio(tmp_path / "tone.wav", 16_000)
