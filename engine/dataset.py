@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torchaudio.functional as AF
 
-from engine import dataset_edit, paths, scoring, transcribe
+from engine import dataset_edit, dataset_quality, paths, scoring, transcribe
 from engine.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
@@ -62,6 +63,8 @@ SAMPLE_RATE = 22_050
 """Clip sample rate in Hz: XTTS-v2's GPT/DVAE rate (``XttsAudioConfig.sample_rate``)."""
 
 CSV_HEADER = dataset_edit.CSV_HEADER
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 
@@ -93,11 +96,11 @@ SILENCE_BELOW_MEDIAN_DB = 40.0
 """A clip whose RMS level is more than this many dB below the median clip of the voice is
 silence (or breath, or hum), not speech, whatever Whisper wrote for it."""
 
-MISMATCH_CER = 0.25
+MISMATCH_CER = dataset_quality.MISMATCH_CER
 """A clip whose text and an independent re-transcription of its audio differ by more than
-this character error rate is flagged "text does not match audio" and left out of training
-until the user restores it (a sentence Whisper skipped or invented in the first pass gives
-CER 0.4–1; two decodes of the same clean clip usually differ by under 0.1)."""
+this character error rate (0.25) is flagged "text does not match audio" and left out of
+training until the user restores it (a sentence Whisper skipped or invented in the first pass
+gives CER 0.4–1; two decodes of the same clean clip usually differ by under 0.1)."""
 
 UNCOVERED_MIN_SECONDS = 0.3
 """Stretches of detected speech shorter than this (seconds) that are in no clip are not
@@ -551,11 +554,11 @@ def _load_whisper(backend: str, model: str, device: str) -> None:
     except transcribe.TranscriptionError:
         raise
     except Exception as error:  # the backends raise many kinds (OSError, hub errors, RuntimeError)
-        detail = " ".join(str(error).split())[:200]
-        where = paths.models_dir() / backend
+        logger.warning("cannot load the %s model %r", backend, model, exc_info=True)  # the details: server log
         raise DatasetError(
-            f"cannot load the {backend} model {model!r}: it is not in {where} and could not be downloaded "
-            f"(offline?); choose a model folder on this computer in Settings ({type(error).__name__}: {detail})"
+            f"The Whisper model {model!r} is not on this computer and could not be downloaded "
+            f"({type(error).__name__}); choose a model folder on this computer as the Whisper model "
+            "(or in Settings), or connect to the internet once to download it."
         ) from error
 
 

@@ -45,6 +45,16 @@ LOW_AVG_LOGPROB = -1.0
 LOW_WORD_PROBABILITY = 0.5
 """Words Whisper gave a lower probability than this are listed as unsure."""
 
+MISMATCH_CER = 0.25
+"""A clip is flagged "text does not match audio" when the character error rate between its
+text and an independent re-transcription of its audio is above this (prepare also leaves such
+a clip out of training until the user restores it: ``engine.dataset.MISMATCH_CER``)."""
+
+SPEAKER_SIMILARITY = 0.75
+"""A clip is flagged "different speaker?" when the cosine similarity of its speaker
+embedding (Resemblyzer GE2E) to the voice's median embedding is below this
+(``engine.speaker``: the same espeak-ng voice scores about 0.9, another voice about 0.65)."""
+
 HISTOGRAM_BIN_SECONDS = 1.0
 """Width of a bin of the clip-length histogram, in seconds."""
 
@@ -120,8 +130,11 @@ def quality_report(voice: str) -> dict:
       ``rms_dbfs``, ``clipping`` (share 0-1), ``leading_silence``, ``trailing_silence``
       (seconds), ``avg_logprob``, ``low_words`` and ``flags``, short texts such as
       ``"clipping 0.4%"``, ``"quiet -8 dB"``, ``"silence at start 0.9 s"``,
-      ``"low confidence -1.21"``, ``"unsure: quay, bazaar"``;
-    * ``categories``: ``{"clipping" | "loudness" | "edge silence" | "low confidence": [audio_file, …]}``.
+      ``"low confidence -1.21"``, ``"unsure: quay, bazaar"``, ``"text does not match audio
+      (CER 0.47)"``, ``"different speaker? (similarity 0.61)"``; also ``cer``,
+      ``verified_text``, ``auto_excluded`` and ``speaker_similarity`` from prepare;
+    * ``categories``: ``{"clipping" | "loudness" | "edge silence" | "low confidence" |
+      "text mismatch" | "speaker": [audio_file, …]}``.
 
     Whisper's flags are left out for a clip whose text was typed (the user has checked it);
     after a re-transcription they come from that transcription.
@@ -136,7 +149,9 @@ def quality_report(voice: str) -> dict:
     included = [row for row in rows if row["split"] != "excluded"]
     levels = [row["rms_dbfs"] for row in included if row["rms_dbfs"] is not None]
     median_rms = statistics.median(levels) if levels else None
-    categories: dict[str, list[str]] = {"clipping": [], "loudness": [], "edge silence": [], "low confidence": []}
+    categories: dict[str, list[str]] = {
+        "clipping": [], "loudness": [], "edge silence": [], "low confidence": [], "text mismatch": [], "speaker": [],
+    }  # fmt: skip
     for row in rows:
         row["flags"] = _flags(row, median_rms, categories)
     durations = [row["duration"] for row in included]
@@ -160,6 +175,8 @@ def quality_report(voice: str) -> dict:
             "loudness_outlier_db": LOUDNESS_OUTLIER_DB,
             "low_avg_logprob": LOW_AVG_LOGPROB,
             "low_word_probability": LOW_WORD_PROBABILITY,
+            "mismatch_cer": MISMATCH_CER,
+            "speaker_similarity": SPEAKER_SIMILARITY,
         },
         "durations": {
             "edges": edges,
@@ -189,6 +206,10 @@ def _measure(clip: dict) -> dict:
         "trailing_silence": clip.get("trailing_silence"),
         "avg_logprob": clip.get("avg_logprob"),
         "low_words": list(clip.get("low_words") or []),
+        "cer": clip.get("cer"),
+        "verified_text": clip.get("verified_text"),
+        "auto_excluded": clip.get("auto_excluded"),
+        "speaker_similarity": clip.get("speaker_similarity"),
     }
     if None in (row["rms_dbfs"], row["clipping"], row["leading_silence"], row["trailing_silence"]):
         try:
@@ -224,6 +245,10 @@ def _flags(row: dict, median_rms: float | None, categories: dict[str, list[str]]
     for edge, name in (("start", "leading_silence"), ("end", "trailing_silence")):
         if (row[name] or 0.0) > EDGE_SILENCE_SECONDS:
             flag("edge silence", f"silence at {edge} {row[name]:.1f} s")
+    if row["origin"] == "whisper" and row["cer"] is not None and row["cer"] > MISMATCH_CER:
+        flag("text mismatch", f"text does not match audio (CER {row['cer']:.2f})")
+    if row["speaker_similarity"] is not None and row["speaker_similarity"] < SPEAKER_SIMILARITY:
+        flag("speaker", f"different speaker? (similarity {row['speaker_similarity']:.2f})")
     if row["origin"] != "manual":
         if row["avg_logprob"] is not None and row["avg_logprob"] < LOW_AVG_LOGPROB:
             flag("low confidence", f"low confidence {row['avg_logprob']:.2f}")

@@ -20,8 +20,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from engine import audio, dataset, dataset_edit, dataset_quality, paths, transcribe
-from engine.models import LANGUAGES
+from engine import audio, dataset, dataset_edit, dataset_quality, languages, paths, transcribe
 from webui.tabs import (
     LogLines,
     TabContext,
@@ -34,7 +33,13 @@ from webui.tabs import (
 )
 
 SKIPPED_COLUMNS = ["file", "part", "reason"]
-RECORDING_COLUMNS = ["file", "MB"]
+
+LANGUAGE_CHOICES = [("Auto-detect", "auto")] + [
+    (languages.label(code), languages.to_whisper(code)) for code in languages.CODES
+]
+"""The transcription languages offered: auto-detection and the 17 XTTS-v2 languages, as the
+Whisper codes prepare takes (Whisper's ``zh`` for XTTS-v2's ``zh-cn``)."""
+RECORDING_COLUMNS = ["file", "MB", "uploaded as"]
 
 
 # --- handlers (plain functions; the tests call them directly) --------------------------------
@@ -62,7 +67,7 @@ def save_recordings(voice: str, files: list[str]) -> tuple[list[str], list[str]]
     """
     folder = paths.voice_dir(voice)
     folder.mkdir(parents=True, exist_ok=True)
-    saved, notes = [], []
+    saved, notes, uploads = [], [], {}
     for source in map(Path, files or []):
         name = safe_filename(source.name)
         if Path(name).suffix not in audio.SUPPORTED_EXTENSIONS:
@@ -74,7 +79,31 @@ def save_recordings(voice: str, files: list[str]) -> tuple[list[str], list[str]]
             continue
         _copy_exclusive(source, target)
         saved.append(target.name)
+        if target.name != source.name:
+            uploads[target.name] = source.name
+    if uploads:
+        _save_upload_names(folder, uploads)
     return saved, notes
+
+
+UPLOAD_NAMES_FILE = ".uploads.json"
+"""``voices/<voice>/.uploads.json``: ``{saved name: name of the uploaded file}`` for recordings
+saved under another name (a hidden file: prepare ignores it)."""
+
+
+def upload_names(voice: str) -> dict[str, str]:
+    """The original upload names of a voice's recordings that were renamed when saved."""
+    try:
+        data = json.loads((paths.voice_dir(voice) / UPLOAD_NAMES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _save_upload_names(folder: Path, new: dict[str, str]) -> None:
+    names = {**upload_names(folder.name), **new}
+    text = json.dumps(names, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+    audio.write_bytes_atomic(folder / UPLOAD_NAMES_FILE, text.encode("utf-8"))
 
 
 def _free_target(folder: Path, name: str, source: Path) -> Path | None:
@@ -105,10 +134,12 @@ def recordings_table(voice: str | None) -> pd.DataFrame:
     rows = []
     if voice:
         folder = paths.voice_dir(voice)
+        uploaded = upload_names(voice)
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
                 if path.is_file() and path.suffix.lower() in audio.SUPPORTED_EXTENSIONS:
-                    rows.append([path.name, round(path.stat().st_size / 1e6, 2)])
+                    size = round(path.stat().st_size / 1e6, 2)
+                    rows.append([path.name, size, uploaded.get(path.name, "")])
     return pd.DataFrame(rows, columns=RECORDING_COLUMNS)
 
 
@@ -157,8 +188,25 @@ def summary_markdown(voice: str | None, quality: dict | None) -> str:
     if report:
         summary += (
             f" from {report.get('recordings', '?')} recordings; {len(report.get('skipped', []))} skipped. "
-            f"Transcribed with {report.get('backend')} `{report.get('model')}`."
+            f"Transcribed with {report.get('backend')} `{report.get('model')}`"
         )
+        if report.get("language"):
+            how = "detected" if report.get("requested_language", "auto") == "auto" else "chosen"
+            summary += f", language **{report['language']}** ({how})"
+        summary += "."
+        coverage = report.get("coverage") or {}
+        if coverage.get("speech_seconds"):
+            summary += (
+                f" Speech found by the VAD: {coverage['speech_seconds']:.1f} s, of which "
+                f"{coverage.get('clip_seconds', 0):.1f} s is in clips"
+                f" ({len(coverage.get('uncovered', []))} stretches in no clip, listed under Skipped)."
+            )
+        mismatched = (report.get("verification") or {}).get("mismatched")
+        if mismatched:
+            summary += (
+                f" {mismatched} clip{'s' if mismatched != 1 else ''} left out because the text does not match"
+                " the audio (restore in the clip editor after a listen)."
+            )
     edited = sum(row.get("origin", "whisper") != "whisper" for row in rows)
     if edited:
         summary += f" {edited} transcript{'s' if edited != 1 else ''} edited (✎)."
@@ -179,7 +227,24 @@ def skipped_table(voice: str | None) -> pd.DataFrame:
         ]
         for d in report.get("dropped", [])
     ]
+    rows += [
+        [
+            u.get("file", ""),
+            f"{u.get('start', 0):.1f}-{u.get('end', 0):.1f} s of speech in no clip",
+            u.get("reason", ""),
+        ]
+        for u in (report.get("coverage") or {}).get("uncovered", [])
+    ]
     return pd.DataFrame(rows, columns=SKIPPED_COLUMNS)
+
+
+def transcription_settings(voice: str | None, settings) -> tuple[str, str, str]:
+    """``(backend, whisper model, language)`` for the form: the voice's last used settings
+    (:func:`engine.dataset.voice_settings`), else the app's Settings and auto-detection."""
+    saved = dataset.voice_settings(voice) if voice else {}
+    backend = saved.get("backend") or settings.whisper_backend
+    model = saved["whisper_model"] if "whisper_model" in saved else settings.whisper_model
+    return backend, model, saved.get("language") or "auto"
 
 
 def tab_values(voice: str | None, show: str = "all", selected: str | None = None) -> dict:
@@ -274,10 +339,11 @@ def build(ctx: TabContext) -> dict:
                 elem_id="dataset-whisper-model",
             )
             ui["language"] = gr.Dropdown(
-                ["auto", *LANGUAGES],
-                value="en",
+                LANGUAGE_CHOICES,
+                value="auto",
                 allow_custom_value=True,
                 label="Language",
+                info="Auto: detected per recording (needs a multilingual model; *.en models are English-only).",
                 elem_id="dataset-language",
             )
             ui["validation_fraction"] = gr.Slider(
@@ -340,7 +406,14 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     keep = [ui["voice"], ui["show"], ui["selected"]]
     ui["tab"].select(refresh_voices, keep, [ui["voice"], *view], show_progress="hidden")
     ctx.blocks.load(refresh_voices, keep, [ui["voice"], *view], show_progress="hidden")
-    ui["voice"].input(show, ui["voice"], view)
+    settings_outputs = [ui["backend"], ui["whisper_model"], ui["language"]]
+
+    def on_voice_settings(voice):
+        with engine_errors("Reading the voice's settings"):
+            return transcription_settings(voice, ctx.settings)
+
+    ui["voice"].input(show, ui["voice"], view).then(on_voice_settings, ui["voice"], settings_outputs)
+    ctx.blocks.load(on_voice_settings, ui["voice"], settings_outputs, show_progress="hidden")
     ui["create"].click(on_create, ui["new_voice"], [ui["voice"], ui["new_voice"]]).then(show, ui["voice"], view)
     ui["new_voice"].submit(on_create, ui["new_voice"], [ui["voice"], ui["new_voice"]]).then(show, ui["voice"], view)
     ui["upload"].upload(on_upload, [ui["voice"], ui["upload"]], [ui["upload"], ui["recordings"]])
