@@ -29,6 +29,7 @@ from webui.tabs import (
     engine_errors,
     named,
     progress_callable,
+    upload_limit,
     voice_dropdown,
 )
 
@@ -53,10 +54,11 @@ def create_voice(name: str) -> str:
 
 
 def safe_filename(name: str) -> str:
-    """A recording's upload name reduced to letters, digits, ``.``, ``_`` and ``-``."""
+    """A recording's upload name reduced to letters, digits, ``.``, ``_`` and ``-``, never a
+    Windows device name (``CON.wav`` → ``CON_.wav``)."""
     path = Path(name)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("._-")[:80] or "recording"
-    return stem + path.suffix.lower()
+    return paths.safe_file_name(stem + path.suffix.lower())
 
 
 def save_recordings(voice: str, files: list[str]) -> tuple[list[str], list[str]]:
@@ -310,7 +312,7 @@ def build(ctx: TabContext) -> dict:
         with gr.Row():
             with gr.Column(scale=3):
                 ui["upload"] = gr.File(
-                    label="Add recordings (" + " ".join(audio.SUPPORTED_EXTENSIONS) + ")",
+                    label=f"Add recordings ({' '.join(audio.SUPPORTED_EXTENSIONS)}; up to {upload_limit(ctx)} each)",
                     file_count="multiple",
                     file_types=list(audio.SUPPORTED_EXTENSIONS),
                     elem_id="dataset-upload",
