@@ -10,18 +10,30 @@ Layout (all under ``home()``, the project root unless ``TIMBRE_HOME`` is set)::
 
 Every function that takes a voice or run name validates it with :func:`check_name`, so a
 name such as ``../etc`` can never address a file outside these folders (the path-traversal
-bugs of several voice UIs came from joining raw names).
+bugs of several voice UIs came from joining raw names). Names may be in any script (``Zoë``,
+``御坂美琴``): they are NFC-normalised and hold only letters, digits and a few punctuation
+marks, never a Windows device name (the project ships ``start.bat``).
 """
 
 from __future__ import annotations
 
 import os
-import re
+import unicodedata
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+#: Longest voice or run name, in characters (64 CJK characters are 192 UTF-8 bytes, well
+#: under the 255-byte file-name limit of ext4, NTFS and APFS).
+MAX_NAME_LENGTH = 64
+_PUNCTUATION = " _.-"
+#: Names Windows maps to devices whatever their extension ("CON.wav", "nul.txt"). Microsoft's
+#: "Naming Files, Paths, and Namespaces" lists COM0-9 and LPT0-9, and the superscript digits
+#: ¹ ² ³ count as digits there.
+_DEVICE_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789¹²³"]
+)
 
 
 class InvalidNameError(ValueError):
@@ -37,21 +49,66 @@ def home() -> Path:
     return Path(env).expanduser().resolve() if env else PROJECT_ROOT
 
 
-def check_name(name: str, what: str = "name") -> str:
-    """Return ``name`` stripped if it is a safe single folder name, else raise InvalidNameError.
+def is_device_name(name: str) -> bool:
+    """Whether Windows reads the file name ``name`` as a device (CON, PRN, AUX, NUL, COM1–9,
+    LPT1–9), with any extension and in any case: ``"con"``, ``"NUL.txt"``, ``"com1 .wav"``."""
+    base = name.split(".", 1)[0].rstrip(" ")
+    return base.upper() in _DEVICE_NAMES
 
-    Allowed: 1–64 characters, letters, digits, space, ``_``, ``-`` and ``.``, starting with a
-    letter or digit, not ending with a space or dot (Windows drops those) and not ``..``.
+
+def _name_problem(name: str) -> str | None:
+    """Why the NFC-normalised, stripped ``name`` is not a safe folder name, or None."""
+    allowed = "use letters, digits, spaces, '_', '-' or '.'"
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        return f"use 1-{MAX_NAME_LENGTH} characters"
+    for char in name:
+        if not (unicodedata.category(char)[0] in "LMN" or char in _PUNCTUATION):
+            described = unicodedata.name(char, "").lower() or f"U+{ord(char):04X}"
+            return f"{char!r} ({described}) is not allowed: {allowed}"
+    if unicodedata.category(name[0])[0] not in "LN":
+        return "start with a letter or digit"
+    if name.endswith((".", " ")):
+        return "do not end with a dot or space (Windows drops them)"
+    if ".." in name:
+        return "do not use '..'"
+    if is_device_name(name):
+        return "that is a Windows device name (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    return None
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` is a voice or run name as :func:`check_name` returns it."""
+    return isinstance(name, str) and name == unicodedata.normalize("NFC", name) and _name_problem(name) is None
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return ``name`` stripped and NFC-normalised if it is a safe single folder name, else raise
+    InvalidNameError (the message names ``what``, the name and the reason).
+
+    Allowed: 1–64 characters of Unicode letters, digits and combining marks (any script), space,
+    ``_``, ``-`` and ``.``; starting with a letter or digit; not ending with a space or dot
+    (Windows drops those); no ``..``; not a Windows device name (:func:`is_device_name`).
+    Separators other than the plain space, control and format characters (such as the
+    right-to-left override) are refused. NFC (Unicode Standard Annex #15) makes ``"Zoe\u0308"``
+    and ``"Zoë"`` the same folder on every file system.
     """
     if not isinstance(name, str):
         raise InvalidNameError(f"{what} must be text, got {type(name).__name__}")
-    stripped = name.strip()
-    if not _NAME.match(stripped) or stripped.endswith((".", " ")) or ".." in stripped:
-        raise InvalidNameError(
-            f"invalid {what} {name!r}: use 1-64 letters, digits, spaces, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
+    stripped = unicodedata.normalize("NFC", name.strip())
+    problem = _name_problem(stripped)
+    if problem:
+        raise InvalidNameError(f"invalid {what} {name!r}: {problem}")
     return stripped
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` with ``_`` added to its stem when it is a Windows device name (``CON.wav`` →
+    ``CON_.wav``), else unchanged. For stored upload names, which are already reduced to safe
+    characters."""
+    if not is_device_name(name):
+        return name
+    stem, dot, ext = name.partition(".")
+    return f"{stem.rstrip(' ')}_{dot}{ext}"
 
 
 def _inside(base: Path, *names: str) -> Path:
@@ -118,7 +175,7 @@ def list_voices() -> list[str]:
     names: set[str] = set()
     for base in (voices_dir(), datasets_dir()):
         if base.is_dir():
-            names.update(p.name for p in base.iterdir() if p.is_dir() and _NAME.match(p.name))
+            names.update(p.name for p in base.iterdir() if p.is_dir() and is_valid_name(p.name))
     return sorted(names)
 
 
