@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,16 +31,48 @@ class AppSettings:
     whisper_backend: default transcription backend ("faster-whisper" or "openai-whisper").
     whisper_model: default Whisper model name or local path; empty means the backend's default.
     language: default language of recordings and generated speech.
+    max_file_size: largest upload the web server accepts, per file (:func:`parse_size`:
+        "500mb", "4gb"); a larger one is refused with HTTP 413. Read at start.
     """
 
     base_model: str = ""
     whisper_backend: str = "faster-whisper"
     whisper_model: str = ""
     language: str = "en"
+    max_file_size: str = "4gb"
 
     def base_model_dir(self) -> str:
         """The base-model folder the app uses: the setting or models/xtts-v2/."""
         return self.base_model or str(paths.default_base_model_dir())
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in a size such as ``"500mb"``, ``"4 GB"``, ``"1.5g"``, ``"300KiB"`` or ``1048576``.
+
+    Units are binary (1 kb = 1024 bytes), as Gradio's ``max_file_size`` counts them; case and
+    spaces do not matter; no unit means bytes. Raises ValueError for anything else and for a
+    size under 1 byte.
+    """
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"not a size: {text!r} (write it like 500mb or 4gb)")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {text!r}")
+    return size
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes in the largest binary unit that keeps it at or above 1: ``"4 GB"``, ``"1.5 GB"``, ``"500 MB"``."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = _UNITS[unit[0].lower()]
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
 
 
 def settings_path() -> Path:

@@ -4,23 +4,31 @@ Each tab module has ``build(ctx) -> dict[str, Component]``, called inside ``gr.B
 :func:`webui.app.build_app`. Handlers receive a *set* of components (Gradio passes a dict keyed
 by component); :func:`named` turns that into a dict keyed by field name, so the handler logic
 is plain functions that tests call without a browser. Engine errors are plain exceptions;
-:func:`engine_errors` turns them into ``gr.Error`` and :func:`progress_callable` hands the
-engine a plain ``progress(fraction, description)`` backed by ``gr.Progress``.
+:func:`engine_errors` turns them into ``gr.Error`` (absolute paths removed by
+:func:`browser_text`) and :func:`progress_callable` hands the engine a plain
+``progress(fraction, description)`` backed by ``gr.Progress``. :func:`page_file` hands Gradio
+a data-folder file the page plays, without the data folder ever being served.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
+from gradio.processing_utils import save_file_to_cache
+from gradio.utils import get_upload_folder
 
 from engine import paths
-from engine.settings import AppSettings, save_settings
+from engine.settings import AppSettings, format_size, parse_size, save_settings
+
+__all__ = ["AppSettings", "TabContext", "browser_text", "engine_errors", "page_file"]
 
 logger = logging.getLogger("webui")
 
@@ -68,7 +76,44 @@ def engine_errors(what: str) -> Iterator[None]:
         raise
     except ENGINE_ERRORS as exc:
         logger.warning("%s failed", what, exc_info=True)
-        raise gr.Error(f"{what}: {exc}") from exc
+        raise gr.Error(browser_text(f"{what}: {exc}")) from exc
+
+
+# An absolute path not under a known folder: after the start of the text, a space, a quote, a
+# bracket, "=" or ","; POSIX ("/a/b", not "//host" or "1/2") or Windows ("C:\\a" or "C:/a").
+_ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s'"(\[{<=,]))(?:/(?!/)|[A-Za-z]:[\\/])[^\s'"<>|()\[\]{},;]*""")
+
+
+def browser_text(text: str) -> str:
+    """``text`` fit for the browser: no absolute paths. Paths in the data folder or the install
+    folder become relative to it (``training/anna/run-1/train.yaml``); any other absolute path
+    is cut to its last component (``…/xtts-v2``). The full text, with its paths, belongs in the
+    server log."""
+    text = str(text)
+    for base in sorted({str(paths.home()), str(paths.PROJECT_ROOT)}, key=len, reverse=True):
+        # the folder itself becomes ".", a path inside it its relative path; "/a/b2" is not in "/a/b"
+        inside = re.escape(base) + r"(?:[\\/]|(?=$|[\s'\")\]},:;]))"
+        text = re.sub(inside, lambda m: "" if m.group().endswith(("/", "\\")) else ".", text)
+    return _ABSOLUTE_PATH.sub(lambda m: "…/" + re.split(r"[\\/]", m.group().rstrip("/\\"))[-1], text)
+
+
+def page_file(path: str | os.PathLike) -> str:
+    """A copy of ``path`` in Gradio's upload folder, for a component the page plays or offers.
+
+    The data folder is never among the paths Gradio may serve, and Gradio copies a value it
+    returns only from the working directory or the system temp folder; a data folder elsewhere
+    (``TIMBRE_HOME``) would fail. So the file goes through Gradio's own cache function
+    (content-addressed, one copy per content), which Gradio then serves and never copies again.
+    """
+    return save_file_to_cache(path, cache_dir=get_upload_folder())
+
+
+def upload_limit(ctx: TabContext) -> str:
+    """The upload limit per file in force, as the page states it ("4 GB")."""
+    try:
+        return format_size(parse_size(ctx.settings.max_file_size))
+    except ValueError:
+        return format_size(parse_size(AppSettings.max_file_size))
 
 
 def progress_callable(progress: gr.Progress) -> Callable[[float, str], None]:

@@ -1,4 +1,5 @@
-"""Settings tab: the XTTS-v2 base-model folder (status, licence, download) and Whisper defaults.
+"""Settings tab: the XTTS-v2 base-model folder (status, licence, download), Whisper defaults and
+the upload limit.
 
 The download only ever starts from the Download button, after the user ticks the licence box;
 it calls :func:`engine.models.download_base_model` with a plain progress callable.
@@ -11,6 +12,7 @@ import dataclasses
 import gradio as gr
 
 from engine import models, paths, transcribe
+from engine.settings import format_size, parse_size
 from webui.tabs import AppSettings, LogLines, TabContext, engine_errors, progress_callable
 
 
@@ -37,6 +39,19 @@ def apply_settings(settings: AppSettings, base_model: str, backend: str, whisper
     settings.base_model = (base_model or "").strip()
     settings.whisper_backend = backend or settings.whisper_backend
     settings.whisper_model = (whisper_model or "").strip()
+
+
+def set_upload_limit(settings: AppSettings, text: str) -> tuple[str, bool]:
+    """Store the upload limit typed in the Settings tab: (note for the page, whether it changed).
+    A size :func:`engine.settings.parse_size` refuses leaves the setting as it was."""
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        return f"⚠ {exc}; the limit stays {settings.max_file_size}.", False
+    if text.strip() == settings.max_file_size:
+        return "", False
+    settings.max_file_size = text.strip()
+    return f"Uploads up to {format_size(size)} per file from the next start of the app.", True
 
 
 def build(ctx: TabContext) -> dict:
@@ -76,6 +91,15 @@ def build(ctx: TabContext) -> dict:
                 info="A model name or a local path.",
                 elem_id="settings-whisper-model",
             )
+        gr.Markdown("### Uploads")
+        ui["max_file_size"] = gr.Textbox(
+            value=lambda: settings.max_file_size,
+            label="Upload limit per file",
+            info="For example 500mb or 4gb. The server refuses larger uploads (HTTP 413). Applies from the next "
+            "start; python -m webui --max-file-size overrides it.",
+            elem_id="settings-max-file-size",
+        )
+        ui["max_file_size_note"] = gr.Markdown(elem_id="settings-max-file-size-note")
 
     def show_status(directory, accepted):
         with engine_errors("Checking the base model"):
@@ -105,6 +129,14 @@ def build(ctx: TabContext) -> dict:
         status_outputs,
         show_progress="hidden",
     )
+
+    def on_upload_limit(text):
+        note, changed = set_upload_limit(settings, text)
+        if changed:
+            ctx.save_settings()
+        return note
+
+    ui["max_file_size"].change(on_upload_limit, ui["max_file_size"], ui["max_file_size_note"], show_progress="hidden")
     ui["accept"].change(show_status, [ui["base_model"], ui["accept"]], status_outputs)
     ctx.blocks.load(show_status, [ui["base_model"], ui["accept"]], status_outputs, show_progress="hidden")
     ui["download"].click(
