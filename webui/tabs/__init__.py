@@ -97,14 +97,17 @@ def browser_text(text: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda m: "…/" + re.split(r"[\\/]", m.group().rstrip("/\\"))[-1], text)
 
 
-def page_file(path: str | os.PathLike) -> str:
-    """A copy of ``path`` in Gradio's upload folder, for a component the page plays or offers.
+def page_file(path: str | os.PathLike | None) -> str | None:
+    """A copy of ``path`` in Gradio's upload folder, for a component the page plays or offers
+    (None when ``path`` is None or not a file).
 
     The data folder is never among the paths Gradio may serve, and Gradio copies a value it
     returns only from the working directory or the system temp folder; a data folder elsewhere
     (``TIMBRE_HOME``) would fail. So the file goes through Gradio's own cache function
     (content-addressed, one copy per content), which Gradio then serves and never copies again.
     """
+    if path is None or not os.path.isfile(path):
+        return None
     return save_file_to_cache(path, cache_dir=get_upload_folder())
 
 

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import dataset_edit
-from webui.tabs import engine_errors, named
+from webui.tabs import engine_errors, named, page_file
 
 CLIP_COLUMNS = ["clip", "split", "sec", "dBFS", "text", "flags"]
 SHOW_CHOICES = ["all", "flagged", "excluded"]
@@ -90,7 +90,7 @@ def panel(voice: str | None, audio_file: str | None, quality: dict | None) -> tu
         row = next((row for row in quality["per_clip"] if row["audio_file"] == audio_file), None)
         if row is not None:
             text = gr.Textbox(value=row["text"], interactive=False)
-            return audio_file, row["path"], READ_ONLY, text, off, off, off, off
+            return audio_file, page_file(row["path"]), READ_ONLY, text, off, off, off, off
     elif voice and audio_file and quality:
         clip = next((c for c in dataset_edit.list_clips(voice) if c["audio_file"] == audio_file), None)
     if clip is None:
@@ -107,7 +107,7 @@ def panel(voice: str | None, audio_file: str | None, quality: dict | None) -> tu
     excluded = clip["split"] == "excluded"
     return (
         audio_file,
-        clip["path"],
+        page_file(clip["path"]),  # a copy in Gradio's cache: the data folder is never served
         "\n\n".join(lines),
         gr.Textbox(value=clip["text"], interactive=True),
         gr.Button(interactive=True),
