@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torchaudio.functional as AF
 
-from engine import dataset_edit, dataset_quality, paths, scoring, transcribe
+from engine import dataset_edit, dataset_quality, languages, paths, scoring, transcribe
 from engine.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
@@ -91,6 +91,12 @@ HALLUCINATIONS = frozenset(
 with the basic normaliser): the "you" and "Thank you for watching" of YouTube subtitles, the
 credit lines of subtitle communities. Found in Whisper's issue tracker and in the Seed-TTS and
 WhisperX hallucination lists; a clip whose whole text is one of these is not kept."""
+
+DETECTABLE_LANGUAGES = [languages.to_whisper(code) for code in languages.CODES]
+"""Auto-detection chooses among the 17 languages XTTS-v2 can learn (as Whisper codes): a
+voice in any other language cannot be trained, and on synthetic or accented speech Whisper's
+top guess is sometimes a language no one spoke (espeak-ng's French is heard as Thai by the
+base model, with French the likeliest of the 17)."""
 
 SILENCE_BELOW_MEDIAN_DB = 40.0
 """A clip whose RMS level is more than this many dB below the median clip of the voice is
@@ -635,7 +641,9 @@ def _transcript(path, audio_16k, whisper: _Whisper, cache, key: str, counts: dic
             voiced = np.concatenate(
                 [audio_16k[round(a * transcribe.SAMPLE_RATE) : round(b * transcribe.SAMPLE_RATE)] for a, b in speech]
             )
-            language, probability = transcribe.detect_language(voiced, whisper.backend, whisper.model, whisper.device)
+            language, probability = transcribe.detect_language(
+                voiced, whisper.backend, whisper.model, whisper.device, candidates=DETECTABLE_LANGUAGES
+            )
         meter.update("transcribing", 0.2)
         chunks = transcribe.speech_chunks(speech)
         segments = transcribe.transcribe(

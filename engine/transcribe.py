@@ -211,26 +211,34 @@ def speech_chunks(
 
 
 def detect_language(
-    audio: np.ndarray, backend: str = "faster-whisper", model: str | None = None, device: str = "auto"
+    audio: np.ndarray,
+    backend: str = "faster-whisper",
+    model: str | None = None,
+    device: str = "auto",
+    candidates: list[str] | None = None,
 ) -> tuple[str, float]:
     """The spoken language of ``audio`` (1-D, 16 kHz; its first 30 s are used, so pass speech,
     e.g. the VAD regions joined) as ``(Whisper language code, probability 0–1)``.
 
-    An English-only model gives ``("en", 1.0)``. Raises as :func:`load_model`.
+    ``candidates``: Whisper codes to choose from (the most probable of them wins), e.g. the
+    languages the voice model can learn; None: all of Whisper's. An English-only model gives
+    ``("en", 1.0)``. Raises as :func:`load_model`.
     """
     audio = _mono_float32(audio)
     if not is_multilingual(backend, model, device):
         return "en", 1.0
     name = resolve_model(backend, model)
     if backend == "faster-whisper":
-        language, probability, _all = _load_faster_whisper(name, device).detect_language(audio=audio)
-        return language, float(probability)
-    import whisper
+        _language, _probability, ranked = _load_faster_whisper(name, device).detect_language(audio=audio)
+        probabilities = dict(ranked)
+    else:
+        import whisper
 
-    loaded = _load_openai_whisper(name, device)
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), loaded.dims.n_mels).to(loaded.device)
-    _tokens, probabilities = loaded.detect_language(mel)
-    language = max(probabilities, key=probabilities.get)
+        loaded = _load_openai_whisper(name, device)
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), loaded.dims.n_mels).to(loaded.device)
+        _tokens, probabilities = loaded.detect_language(mel)
+    allowed = [code for code in (candidates or probabilities) if code in probabilities] or list(probabilities)
+    language = max(allowed, key=lambda code: probabilities[code])
     return language, float(probabilities[language])
 
 
