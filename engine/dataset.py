@@ -736,7 +736,7 @@ def _embedding(audio_16k: np.ndarray, clip: PlannedClip):
     first, last = round(clip.start * transcribe.SAMPLE_RATE), round(clip.end * transcribe.SAMPLE_RATE)
     try:
         return speaker.embed(audio_16k[first:last])
-    except ValueError:  # too short to embed
+    except (ValueError, ImportError, OSError):  # too short or silent; resemblyzer missing or broken
         return None
 
 
