@@ -124,6 +124,10 @@ class TrainConfig:
         "Clips longer than this are rejected by the dataset check (XTTS-v2 trains on up to ~11.6 s).",
     )
     min_audio_seconds: float = _f(0.5, "Clips shorter than this are rejected by the dataset check.")
+    min_training_clips: int = _f(
+        4,
+        "Training refuses to start with fewer usable training clips than this (one clip 'trains' and learns nothing).",
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0: load in the training process).")
     seed: int = _f(
         1234,
@@ -139,6 +143,8 @@ class TrainConfig:
         def need(cond: bool, name: str, why: str) -> None:
             if not cond:
                 raise ConfigError(f"{name}: {why} (got {getattr(self, name)!r})")
+
+        self._check_types()
 
         for name in ("voice", "run"):
             if getattr(self, name):
@@ -160,7 +166,6 @@ class TrainConfig:
             "mel_loss_weight",
             "one loss weight must be positive",
         )
-        self.milestones = [int(m) for m in self.milestones]
         need(
             self.milestones == sorted(set(self.milestones)),
             "milestones",
@@ -223,6 +228,7 @@ class TrainConfig:
             "must exceed min_audio_seconds",
         )
         need(self.num_workers >= 0, "num_workers", "must not be negative")
+        need(self.min_training_clips >= 1, "min_training_clips", "must be at least 1")
         suggestion = languages.to_xtts(self.language) if self.language not in languages.CODES else None
         need(
             self.language in languages.CODES,
@@ -231,6 +237,19 @@ class TrainConfig:
             + ", ".join(languages.CODES)
             + (f"; for {languages.LANGUAGES[suggestion]} use {suggestion!r}" if suggestion else ""),
         )
+
+    def _check_types(self) -> None:
+        """Raise ConfigError naming the first field whose value has the wrong type: an int field
+        takes whole numbers only (``1.5``, ``"2"`` and ``true`` are refused), a float field any
+        finite number (``.inf`` and ``.nan`` are refused; an int becomes a float), a str field
+        text, a list field a list of those. Runs first, so the range checks compare numbers."""
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            check, why = _TYPE_CHECKS[spec.type]
+            if not check(value):
+                raise ConfigError(f"{spec.name}: {why} (got {value!r})")
+            if spec.type == "float":
+                setattr(self, spec.name, float(value))
 
     # Derived numbers are methods, not stored fields.
     def world_size(self) -> int:
@@ -290,6 +309,28 @@ class TrainConfig:
         write_text_atomic(target, self.to_yaml())
         return target
 
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+#: Field type (as written in the class, a string under ``from __future__ import annotations``)
+#: → (check, what the message says the value must be).
+_TYPE_CHECKS = {
+    "int": (_is_int, "must be a whole number"),
+    "float": (_is_finite, "must be a finite number"),
+    "str": (lambda v: isinstance(v, str), "must be text"),
+    "list[int]": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "must be a list of whole numbers"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "must be a list of names"),
+    "int | list[int]": (
+        lambda v: _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+        "must be a whole number or a list of whole numbers",
+    ),
+}
 
 for _field in dataclasses.fields(TrainConfig):
     FIELD_HELP[_field.name] = _field.metadata.get("help", "")
@@ -362,6 +403,11 @@ def check_against_dataset(config: TrainConfig, n_train_clips: int, n_validation_
         warnings.append(
             f"Only {steps_per_epoch} optimizer step(s) per epoch ({n_train_clips} clips / batch_size "
             f"{config.batch_size}): the curves will have few points per epoch; a smaller batch_size gives more."
+        )
+    if 0 < n_train_clips < config.min_training_clips:
+        warnings.append(
+            f"The dataset has only {n_train_clips} training clip(s); training refuses to start with fewer than "
+            f"min_training_clips = {config.min_training_clips}. Add recordings in the Dataset tab."
         )
     if n_validation_clips == 0:
         warnings.append(

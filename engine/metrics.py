@@ -9,13 +9,13 @@ Rows read (anything else is ignored):
 
 - train rows (``split == "train"``): ``step``, ``epoch`` (a float: 2.5 is half-way through the
   third epoch), ``loss_text_ce``, ``loss_mel_ce`` (unweighted cross-entropies, nats per token),
-  ``lr``, ``grad_norm`` (L2 norm before clipping); a skipped update leaves out its non-finite
-  values;
+  ``lr``, ``grad_norm`` (L2 norm before clipping); one row per applied update (a skipped one
+  has a ``skipped_step`` event instead; older runs wrote a row leaving out its non-finite values);
 - validation rows (``split == "validation"``): ``step``, ``epoch``, ``loss_text_ce``,
   ``loss_mel_ce``, ``loss`` (the weighted sum the best checkpoint is chosen by);
 - event rows (``event``): ``checkpoint`` (a checkpoint saved after ``step``), ``spike`` (a
-  training loss over 3x its moving average, with ``last_good_step``), ``skipped_step`` (a
-  non-finite update not applied), ``oom_retry`` / ``oom_split`` (CUDA out of memory recovered).
+  training loss over 3x its moving average, with ``last_good_step``), ``skipped_step`` (an
+  update not applied, after ``step`` applied ones), ``oom_retry`` / ``oom_split`` (CUDA out of memory recovered).
 
 A resumed run repeats the steps after its newest checkpoint; when a train row's step is not
 beyond the last one seen, the points (and events) from that step on are dropped and replaced,

@@ -387,7 +387,8 @@ class RunStatus:
     ``epochs``: the planned epochs (train.yaml), None if it cannot be read.
     ``last_good_step``: after a loss spike, the newest complete checkpoint before it (still on
     disk), else None. ``failure_lines``: for a failed run, the last lines of the traceback (or
-    of the log when there is none), else "".
+    of the log when there is none), else "". ``skipped_steps``: updates the trainer skipped
+    (non-finite loss or gradient, fp16 overflow); ``step`` counts applied updates only.
     """
 
     voice: str
@@ -408,6 +409,7 @@ class RunStatus:
     epochs: int | None = None
     last_good_step: int | None = None
     failure_lines: str = ""
+    skipped_steps: int = 0
 
 
 def _num(value) -> float | None:
@@ -519,6 +521,7 @@ def run_status(voice: str, run: str) -> RunStatus:
         epochs=config.epochs if config else None,
         last_good_step=last_good,
         failure_lines=failure,
+        skipped_steps=_int(info.get("skipped_steps")) or 0,
     )
 
 

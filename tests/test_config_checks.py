@@ -79,3 +79,46 @@ def test_gpu_memory_without_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert hardware.gpu_memory() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("keep_checkpoints: 1.5", "keep_checkpoints: must be a whole number (got 1.5)"),
+        ("epochs: '3'", "epochs: must be a whole number (got '3')"),
+        ("save_every: true", "save_every: must be a whole number (got True)"),
+        ("learning_rate: .inf", "learning_rate: must be a finite number (got inf)"),
+        ("gamma: .nan", "gamma: must be a finite number (got nan)"),
+        ("milestones: [1.5]", "milestones: must be a list of whole numbers (got [1.5])"),
+        ("gpus: [0, 1.0]", "gpus: must be a whole number or a list of whole numbers (got [0, 1.0])"),
+        ("base_model: 5", "base_model: must be text (got 5)"),
+        ("min_training_clips: 0", "min_training_clips: must be at least 1 (got 0)"),
+    ],
+)
+def test_train_yaml_values_are_type_checked_naming_field_and_value(tmp_path, text, message):
+    path = tmp_path / "train.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig.load(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_the_same_checks_in_engine_config_and_the_form(timbre_home):
+    from engine.cli import main
+    from webui.tabs import training_form as tform
+
+    assert main(["config", "anna", "r", "--learning-rate", "inf"]) == 1
+    assert main(["config", "anna", "r", "--keep-checkpoints", "0"]) == 1
+    assert not (timbre_home / "training" / "anna" / "r").exists()
+    form = {f.name: tform.to_form_value(f.name, getattr(TrainConfig(), f.name)) for f in tform.form_fields()}
+    with pytest.raises(ConfigError, match=r"keep_checkpoints: must be a whole number \(got 1.5\)"):
+        tform.form_to_config({**form, "keep_checkpoints": 1.5}, "anna", "r")
+    with pytest.raises(ConfigError, match=r"learning_rate: must be a finite number \(got inf\)"):
+        tform.form_to_config({**form, "learning_rate": "inf"}, "anna", "r")
+    assert TrainConfig(gamma=1).gamma == 1.0 and isinstance(TrainConfig(gamma=1).gamma, float)
+
+
+def test_too_few_clips_is_warned_before_training_refuses():
+    warnings = check_against_dataset(TrainConfig(batch_size=1), n_train_clips=1, n_validation_clips=1)
+    assert any("only 1 training clip(s)" in w and "min_training_clips = 4" in w for w in warnings), warnings
+    assert not any("min_training_clips" in w for w in check_against_dataset(TrainConfig(batch_size=1), 4, 1))

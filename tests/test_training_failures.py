@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -46,12 +47,11 @@ def test_non_finite_updates_are_skipped_then_the_run_stops_as_diverged(home, tin
     patch_training_forward(monkeypatch, lambda n, t, m, x: (t, m * float("nan")) if n > 3 else (t, m))
     assert loop.train(config) == loop.EXIT_DIVERGED
     status = json.loads((config.parent / "status.json").read_text())
-    assert (
-        status["state"] == "failed" and status["message"] == f"loss diverged at step {3 + loop.MAX_CONSECUTIVE_SKIPS}"
-    )
+    assert status["state"] == "failed" and status["message"].startswith("loss diverged after step 3:")
+    assert status["step"] == 3 and status["skipped_steps"] == loop.MAX_CONSECUTIVE_SKIPS, "skips are not steps"
     rows, _ = runs.read_metrics(config.parent)
     skipped = [r for r in rows if r.get("event") == "skipped_step"]
-    assert len(skipped) == loop.MAX_CONSECUTIVE_SKIPS
+    assert len(skipped) == loop.MAX_CONSECUTIVE_SKIPS and {r["step"] for r in skipped} == {3}
     assert all(math.isfinite(r.get("loss", 0.0)) for r in rows), "metrics.jsonl stays valid JSON"
     good = runs.latest_complete_checkpoint(config.parent)
     assert good is not None and good.step == 3, "the last good checkpoint (end of epoch 1) is kept"
@@ -78,6 +78,99 @@ def test_loss_spike_is_logged_keeps_last_good_and_branch_lowers_lr(home, tiny_mo
     assert all(torch.equal(weights[k], start[k]) for k in weights)
     with pytest.raises(FileExistsError):
         branch_run("anna", "spike", "spike-lower-lr")
+
+
+def test_a_skipped_update_is_not_a_step(home, tiny_model, monkeypatch):
+    config = make_run("skip-one", tiny_model, epochs=2, gradient_accumulation=1)
+    patch_training_forward(monkeypatch, lambda n, t, m, x: (t, m * float("inf")) if n == 2 else (t, m))
+    assert loop.train(config) == 0
+    rows = train_rows(config.parent)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5], "6 batches, 5 applied updates, numbered without a gap"
+    metrics, _ = runs.read_metrics(config.parent)
+    skipped = [r for r in metrics if r.get("event") == "skipped_step"]
+    assert [(r["step"], r["skipped_steps"]) for r in skipped] == [(1, 1)] and "non-finite" in skipped[0]["reason"]
+    status = runs.run_status("anna", "skip-one")
+    assert (status.state, status.step, status.skipped_steps) == ("finished", 5, 1)
+    assert status.message == "finished at step 5 (1 update(s) skipped)"
+    assert [c.step for c in runs.list_checkpoints(config.parent)] == [2, 5], "checkpoints are named by applied updates"
+    state = torch.load(runs.latest_complete_checkpoint(config.parent).path / "state.pt", weights_only=True)
+    assert (state["step"], state["skipped_steps"]) == (5, 1)
+
+
+def test_last_good_is_the_checkpoint_before_the_spike_and_stays_protected(home, tiny_model, monkeypatch):
+    # 3 steps per epoch, checkpoints at 3, 6, 9, 12, 15. Spike A at steps 5-6 (step-0000006 is
+    # saved inside it), spike B at step 8 (the newest checkpoint before it is that one), spike C
+    # at step 11 (after the clean step-0000009).
+    config = make_run("spikes", tiny_model, epochs=5, gradient_accumulation=1, keep_checkpoints=1, validate_every=0)
+    factors = {5: 50, 6: 50, 8: 50, 11: 500}  # the moving average is still high from A and B at step 11
+    patch_training_forward(monkeypatch, lambda n, t, m, x: (t, m * factors.get(n, 1)))
+    assert loop.train(config) == 0
+    rows, _ = runs.read_metrics(config.parent)
+    spikes = [(r["step"], r["spike_start"], r["last_good_step"]) for r in rows if r.get("event") == "spike"]
+    assert spikes == [(5, 5, 3), (6, 5, 3), (8, 8, 3), (11, 11, 9)], "a checkpoint saved in a spike is never last good"
+    kept = [c.step for c in runs.list_checkpoints(config.parent) if c.complete]
+    assert kept == [3, 9, 15], "every last-good checkpoint survives pruning (keep_checkpoints=1) to the end of the run"
+    state = torch.load(runs.latest_complete_checkpoint(config.parent).path / "state.pt", weights_only=True)
+    assert state["last_good_steps"] == [3, 9] and state["spike_checkpoints"] == [6]
+    assert runs.run_status("anna", "spikes").last_good_step == 9
+
+
+def test_too_few_clips_refuses_to_train_naming_the_count(home, tiny_model, tmp_path, monkeypatch):
+    one = tmp_path / "one"
+    shutil.copytree(home / "datasets" / "anna", one / "datasets" / "solo")
+    csv = one / "datasets" / "solo" / "train.csv"
+    csv.write_text("\n".join(csv.read_text().splitlines()[:2]) + "\n")  # the header and one clip
+    monkeypatch.setenv("TIMBRE_HOME", str(one))
+    config = TrainConfig(voice="solo", run="r", base_model=str(tiny_model), epochs=1, batch_size=1).save_new()
+    assert loop.train(config) == loop.EXIT_FAILED
+    status = runs.run_status("solo", "r")
+    assert status.state == "failed" and "only 1 usable training clip(s)" in status.message
+    assert "min_training_clips = 4" in status.message and status.hint and "dataset check" in status.hint
+    assert runs.latest_complete_checkpoint(config.parent) is None
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporary_folders_of_dead_savers_are_cleared_complete_ones_recovered(tmp_path):
+    folder = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(1)}, {"step": 1})
+    dead, alive = _dead_pid(), os.getppid()  # pytest's parent outlives the test and started before it
+    half = folder / f".tmp-step-0000002-{dead}"
+    half.mkdir()
+    (half / ckpt.MODEL_FILE).write_bytes(b"half written")
+    complete = ckpt.save_checkpoint(tmp_path, 3, {"w": torch.ones(1) * 3}, {"step": 3})
+    complete.rename(folder / f".old-step-0000003-{dead}")  # killed between the two renames of a re-save
+    stale_old = (
+        ckpt.save_checkpoint(tmp_path, 1, {"w": torch.ones(1)}, {"step": 1}).parent / f".old-step-0000001-{dead}"
+    )
+    shutil.copytree(folder / "step-0000001", stale_old)  # its replacement is in place
+    busy = folder / f".tmp-step-0000004-{alive}"
+    busy.mkdir()
+    messages = []
+    removed = ckpt.remove_stale_temporaries(tmp_path, log=messages.append)
+    assert sorted(p.name for p in removed) == sorted([half.name, f".old-step-0000003-{dead}", stale_old.name])
+    assert sorted(p.name for p in folder.iterdir()) == [busy.name, "step-0000001", "step-0000003"]
+    assert ckpt.load_checkpoint(folder / "step-0000003")[1]["step"] == 3, "the complete copy was recovered, not deleted"
+    assert any("recovered step-0000003" in m for m in messages)
+
+
+def test_a_run_start_clears_what_a_kill_during_a_save_left(home, tiny_model):
+    config = make_run("killed-save", tiny_model, epochs=1)
+    script = (
+        "import os, sys, torch; from pathlib import Path; from engine.training import checkpoint as c\n"
+        "c.save_checkpoint(Path(sys.argv[1]), 2, {'w': torch.zeros(3)}, {'step': 2},"
+        " before_complete=lambda folder: os.kill(os.getpid(), 9))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(config.parent)], cwd=ROOT)
+    assert result.returncode == -signal.SIGKILL
+    assert list((config.parent / "checkpoints").glob(".tmp-step-0000002-*"))
+    assert loop.train(config) == 0
+    assert not list((config.parent / "checkpoints").glob(".*")), "no temporary folder is left"
+    assert "left by an interrupted save" in (config.parent / "train.log").read_text()
 
 
 def test_out_of_memory_retries_then_splits_the_micro_batch_and_resume_keeps_it(home, tiny_model, monkeypatch):

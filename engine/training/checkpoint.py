@@ -7,8 +7,10 @@
 * ``COMPLETE``: written last. A folder without it is never used.
 
 A save goes to a hidden temporary folder that is renamed into place, so an exception or a kill
-in the middle leaves the previous checkpoint intact. A damaged newest checkpoint is moved aside
-(``checkpoints/damaged-step-…``), never deleted, and resume falls back to the one before.
+in the middle leaves the previous checkpoint intact. The temporary folders a killed trainer
+leaves behind are cleared when the run starts or resumes (:func:`remove_stale_temporaries`).
+A damaged newest checkpoint is moved aside (``checkpoints/damaged-step-…``), never deleted,
+and resume falls back to the one before.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections import Counter
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -32,6 +36,11 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 COMPLETE_FILE = "COMPLETE"
 CHECKPOINTS_DIR = "checkpoints"
+#: ``.tmp-step-NNNNNNN-<pid>`` (a save in progress) and ``.old-step-NNNNNNN-<pid>`` (the folder
+#: a re-save of the same step replaces), as :func:`save_checkpoint` names them.
+_TEMPORARY = re.compile(r"^\.(tmp|old)-(step-\d{7,})-(\d+)$")
+#: Slack, in seconds, when comparing a process's start time with a folder's modification time.
+_CLOCK_SLACK_S = 5.0
 
 
 class CheckpointError(RuntimeError):
@@ -206,6 +215,52 @@ def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] = frozenset())
         shutil.rmtree(info.path)
         removed.append(info.path)
     return removed
+
+
+def remove_stale_temporaries(run_dir: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Clear the temporary folders that dead trainers left in ``checkpoints/``; returns them.
+
+    A SIGKILL (or power loss) during :func:`save_checkpoint` leaves ``.tmp-step-…-<pid>``
+    (with the real model several GB) and, during a re-save, ``.old-step-…-<pid>``. A folder
+    whose process is still alive is left alone, unless that pid started after the folder was
+    last written (a reused pid). A temporary folder is deleted, except that a complete one
+    (COMPLETE marker) whose ``step-…`` is missing or incomplete is renamed into place instead:
+    it is the newest copy of that step (a kill between the two renames of a re-save). So a
+    complete checkpoint is never deleted unless an equal complete one stands in its place.
+    Called by the trainer (rank 0) before it resumes.
+    """
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = [(m, entry) for entry in folder.iterdir() if (m := _TEMPORARY.match(entry.name)) and entry.is_dir()]
+    handled = []
+    # .tmp before .old: when both hold a complete copy of the step, the .tmp one is the newer.
+    for match, entry in sorted(found, key=lambda item: item[0].group(1) != "tmp"):
+        if _owner_alive(int(match.group(3)), entry):
+            continue
+        final = folder / match.group(2)
+        if (entry / COMPLETE_FILE).is_file() and not (final / COMPLETE_FILE).is_file():
+            if final.exists():
+                shutil.rmtree(final)  # an incomplete folder of the same step: not a checkpoint
+            os.replace(entry, final)
+            log(f"recovered {final.name} from {entry.name}, a save interrupted between its renames")
+        else:
+            shutil.rmtree(entry)
+            log(f"removed {entry.name}, left by an interrupted save")
+        handled.append(entry)
+    return handled
+
+
+def _owner_alive(pid: int, folder: Path) -> bool:
+    """Whether the process that named ``folder`` may still be writing it."""
+    if pid == os.getpid():
+        return False  # this process is starting: nothing of it is saving
+    if not runs.is_pid_alive(pid):
+        return False
+    try:
+        return psutil.Process(pid).create_time() <= folder.stat().st_mtime + _CLOCK_SLACK_S
+    except (psutil.Error, OSError):
+        return False
 
 
 def checkpoint_bytes(model_state: dict[str, torch.Tensor], optimizer_state_factor: float = 2.0) -> int:

@@ -3,7 +3,8 @@
 Reads top to bottom, after nanoGPT's ``train.py``: load config → build data, model, optimizer →
 resume from the newest complete checkpoint → loop {forward/backward over the micro-batches of
 a step; optimizer step; log; at each epoch's end the LR milestone, validation, checkpoint} →
-final save. Under ``torchrun`` each rank trains on its own slice of every global batch and
+final save. ``step`` counts applied optimizer updates only: an update skipped for a non-finite
+loss or gradient (or an fp16 overflow the grad scaler skips) is counted apart, in ``skipped_steps``. Under ``torchrun`` each rank trains on its own slice of every global batch and
 DistributedDataParallel averages the gradients; only rank 0 writes metrics and checkpoints.
 
 Randomness is tied to positions, not to history: the batch plan is a function of (seed, epoch)
@@ -134,6 +135,11 @@ def _train(
         log(f"dataset check: skipped {problem}")
     if not train_set:
         raise TrainingError("dataset check: no usable training clip in train.csv:\n" + "\n".join(problems))
+    if len(train_set) < cfg.min_training_clips:
+        raise TrainingError(
+            f"dataset check: only {len(train_set)} usable training clip(s) in train.csv, fewer than "
+            f"min_training_clips = {cfg.min_training_clips}; add recordings in the Dataset tab"
+        )
     features._dvae = None  # the DVAE is no longer needed
     log(
         f"dataset: {len(train_set)} training clips ({sum(s.seconds for s in train_set):.1f} s), "
@@ -158,9 +164,17 @@ def _train(
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
 
     # ---- resume -------------------------------------------------------------------------------
-    step, epoch, batch_in_epoch = 0, 0, 0
-    loss_average, consecutive_skips = None, 0
-    last_good_step = None  # the checkpoint before the latest loss spike
+    if env.is_main:
+        ckpt.remove_stale_temporaries(run_dir, log=log)  # left by a trainer killed mid-save
+    if env.distributed:
+        torch.distributed.barrier()
+    step, epoch, batch_in_epoch = 0, 0, 0  # step: applied updates
+    loss_average, consecutive_skips, skipped_steps = None, 0, 0
+    # Loss spikes: ``spike_start`` is the first step of the spike in progress (None outside
+    # one); ``last_good_step`` the newest complete checkpoint saved before the latest spike's
+    # first step; every such checkpoint stays protected from pruning (``last_good_steps``),
+    # and one saved during a spike never becomes "last good" (``spike_checkpoints``).
+    spike_start, last_good_step, last_good_steps, spike_checkpoints = None, None, [], []
     best = {"loss": None, "step": None}
     latest = ckpt.load_latest_checkpoint(run_dir, log=log)
     if latest is not None:
@@ -180,7 +194,10 @@ def _train(
             state.get("loss_average"),
             state.get("consecutive_skips", 0),
         )
+        skipped_steps, spike_start = state.get("skipped_steps", 0), state.get("spike_start")
         last_good_step = state.get("last_good_step")
+        last_good_steps = list(state.get("last_good_steps", [last_good_step] if last_good_step is not None else []))
+        spike_checkpoints = list(state.get("spike_checkpoints", []))
         if state.get("world_size") == world and state.get("batch_size") == cfg.batch_size:
             micro_size = state.get("micro_batch_size", micro_size)  # kept after an out-of-memory split
             accumulation = state.get("gradient_accumulation", accumulation)
@@ -204,10 +221,12 @@ def _train(
                 "best_loss": best["loss"], "best_step": best["step"],
                 "loss_average": loss_average, "consecutive_skips": consecutive_skips,
                 "world_size": world, "batch_size": cfg.batch_size, "gradient_accumulation": accumulation,
-                "micro_batch_size": micro_size, "last_good_step": last_good_step,
+                "micro_batch_size": micro_size, "last_good_step": last_good_step, "skipped_steps": skipped_steps,
+                "spike_start": spike_start, "last_good_steps": last_good_steps,
+                "spike_checkpoints": spike_checkpoints + ([step] if spike_start is not None else []),
             }  # fmt: skip
             path = ckpt.save_checkpoint(run_dir, step, gpt.state_dict(), state)
-            protect = {s for s in (best["step"], last_good_step) if s is not None}
+            protect = {s for s in (best["step"], *last_good_steps) if s is not None}
             ckpt.prune_checkpoints(run_dir, cfg.keep_checkpoints, protect=protect)
             metrics.write(
                 {
@@ -219,6 +238,8 @@ def _train(
                 }
             )
             log(f"saved {path.name} ({reason})")
+        if spike_start is not None and step not in spike_checkpoints:
+            spike_checkpoints.append(step)  # saved during a spike: never "last good"
         if env.distributed:
             torch.distributed.barrier()
 
@@ -343,58 +364,71 @@ def _train(
             overflow = scaler.is_enabled() and math.isfinite(loss_value) and not math.isfinite(grad_norm_mean)
             finite = math.isfinite(loss_value) and (math.isfinite(grad_norm_mean) or overflow)
             if finite:
-                scaler.step(optimizer)
+                scaler.step(optimizer)  # on an fp16 overflow the scaler skips the update itself
                 consecutive_skips = 0
             else:
                 consecutive_skips += 1
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             lr = scheduler.get_last_lr()[0]
-            step += 1
             batch_in_epoch += 1
             elapsed = time.perf_counter() - started
-            row = {"step": step, "epoch": epoch_position(), "split": "train", "loss_text_ce": text_ce,
-                   "loss_mel_ce": mel_ce, "loss": loss_value, "lr": lr, "time": time.time(),
-                   "grad_norm": grad_norm_mean, "samples_per_second": cfg.batch_size / elapsed,
-                   "samples": batch}  # fmt: skip
-            if overflow:
-                row["overflow"] = True  # the scaler skipped this update; see above
-            if not finite:
-                row["skipped"] = True
-                metrics.write(
-                    {
-                        "event": "skipped_step",
-                        "step": step,
-                        "epoch": row["epoch"],
-                        "time": row["time"],
-                    }
+            if finite and not overflow:
+                step += 1
+                row = {"step": step, "epoch": epoch_position(), "split": "train", "loss_text_ce": text_ce,
+                       "loss_mel_ce": mel_ce, "loss": loss_value, "lr": lr, "time": time.time(),
+                       "grad_norm": grad_norm_mean, "samples_per_second": cfg.batch_size / elapsed,
+                       "samples": batch}  # fmt: skip
+                if loss_average is not None and loss_value > SPIKE_FACTOR * loss_average:
+                    row["spike"] = True
+                    if spike_start is None:  # the first step of a spike: the checkpoints before it are good
+                        spike_start = step
+                        good = [c.step for c in runs.list_checkpoints(run_dir)
+                                if c.complete and c.step < step and c.step not in spike_checkpoints]  # fmt: skip
+                        if good:
+                            last_good_step = good[-1]
+                            last_good_steps = sorted({*last_good_steps, last_good_step})
+                        log(f"step {step}: loss spike {loss_value:.4f} against a moving average of "
+                            f"{loss_average:.4f}; " + (f"last good checkpoint {runs.checkpoint_name(last_good_step)} "
+                            "kept — resume from it with a lower learning rate: python -m engine branch"
+                            if good else "no checkpoint before it yet"))  # fmt: skip
+                    metrics.write({"event": "spike", "step": step, "epoch": row["epoch"], "time": row["time"],
+                                   "loss": loss_value, "moving_average": loss_average,
+                                   "last_good_step": last_good_step, "spike_start": spike_start})  # fmt: skip
+                    status["last_good_step"] = last_good_step
+                else:
+                    spike_start = None
+                metrics.write(row)
+                if env.is_main and (step % 10 == 0 or step == 1):
+                    log(
+                        f"step {step}/{total_steps}  epoch {row['epoch']:.2f}  text CE {text_ce:.4f}  mel CE {mel_ce:.4f}  lr {lr:.2e}"
+                    )
+            else:  # not applied: counted apart, so step and the schedule count applied updates only
+                skipped_steps += 1
+                why = (
+                    "fp16 gradient overflow (the grad scaler lowers its scale)"
+                    if overflow
+                    else "non-finite loss or gradient"
                 )
-                log(f"step {step}: non-finite loss or gradient, update skipped ({consecutive_skips} in a row)")
+                event = {"event": "skipped_step", "step": step, "epoch": epoch_position(), "time": time.time(),
+                         "reason": why, "skipped_steps": skipped_steps, "samples": batch}  # fmt: skip
+                metrics.write({**event, **({"loss": loss_value} if math.isfinite(loss_value) else {})})
+                if not overflow:
+                    log(f"after step {step}: {why}, update skipped ({consecutive_skips} in a row)")
                 if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    return EXIT_DIVERGED, f"loss diverged at step {step}", step
-            elif loss_average is not None and loss_value > SPIKE_FACTOR * loss_average:
-                row["spike"] = True
-                before = [c.step for c in runs.list_checkpoints(run_dir) if c.complete and c.step < step]
-                last_good_step = before[-1] if before else last_good_step
-                metrics.write({"event": "spike", "step": step, "epoch": row["epoch"], "time": row["time"],
-                               "loss": loss_value, "moving_average": loss_average,
-                               "last_good_step": last_good_step})  # fmt: skip
-                status["last_good_step"] = last_good_step
-                log(f"step {step}: loss spike {loss_value:.4f} against a moving average of {loss_average:.4f}; "
-                    + (f"last good checkpoint {runs.checkpoint_name(last_good_step)} kept — resume from it with "
-                       "a lower learning rate: python -m engine branch" if last_good_step is not None
-                       else "no checkpoint before it yet"))  # fmt: skip
+                    status["skipped_steps"] = skipped_steps
+                    return (
+                        EXIT_DIVERGED,
+                        f"loss diverged after step {step}: {consecutive_skips} updates in a row skipped ({why})",
+                        step,
+                    )
             if finite:
                 loss_average = loss_value if loss_average is None else 0.9 * loss_average + 0.1 * loss_value
-            metrics.write({k: v for k, v in row.items() if not isinstance(v, float) or math.isfinite(v)})
-            if env.is_main and (step % 10 == 0 or step == 1):
-                log(
-                    f"step {step}/{total_steps}  epoch {row['epoch']:.2f}  text CE {text_ce:.4f}  mel CE {mel_ce:.4f}  lr {lr:.2e}"
-                )
             status.update(
                 step=step,
-                epoch=row["epoch"],
-                samples_per_second=row["samples_per_second"],
+                epoch=epoch_position(),
+                skipped_steps=skipped_steps,
+                samples_per_second=cfg.batch_size / elapsed,
             )
             runtime.write_status(run_dir, env, **status)
             if runtime.any_rank(stop.requested(), env):
@@ -418,7 +452,8 @@ def _train(
     if env.distributed:
         check_ranks_agree(gpt, env)
         log("weights identical on all ranks")
-    return EXIT_OK, f"finished at step {step}", step
+    skipped = f" ({skipped_steps} update(s) skipped)" if skipped_steps else ""
+    return EXIT_OK, f"finished at step {step}{skipped}", step
 
 
 def free_memory(device: torch.device) -> None:

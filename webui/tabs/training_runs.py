@@ -117,6 +117,8 @@ def describe_status(status: runs.RunStatus, best: tuple[int, float] | None = Non
         parts.append(f"ETA {clock(status.eta_seconds)}")
     if status.latest_checkpoint is not None:
         parts.append(f"latest checkpoint {runs.checkpoint_name(status.latest_checkpoint)}")
+    if status.skipped_steps:
+        parts.append(f"{status.skipped_steps} update(s) skipped (not counted as steps)")
     lines = [" · ".join(parts)]
     if status.message:
         lines.append(status.message)
