@@ -80,8 +80,8 @@ def engine_errors(what: str) -> Iterator[None]:
 
 
 # An absolute path not under a known folder: after the start of the text, a space, a quote, a
-# bracket, "=" or ","; POSIX ("/a/b", not "//host" or "1/2") or Windows ("C:\\a" or "C:/a").
-_ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s'"(\[{<=,]))(?:/(?!/)|[A-Za-z]:[\\/])[^\s'"<>|()\[\]{},;]*""")
+# bracket, "=" or ","; POSIX ("/a/b", not "//host", "1/2" or "5 / 10") or Windows ("C:\\a", "C:/a").
+_ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s'"(\[{<=,]))(?:/(?!/)|[A-Za-z]:[\\/])[^\s'"<>|()\[\]{},;]+""")
 
 
 def browser_text(text: str) -> str:

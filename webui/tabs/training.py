@@ -22,7 +22,7 @@ from engine import hardware, paths, runs
 from engine.config import ConfigError, TrainConfig
 from engine.metrics import RunSeries
 from engine.training import process
-from webui.tabs import TabContext, engine_errors, named, pick, voice_choices
+from webui.tabs import TabContext, browser_text, engine_errors, named, pick, voice_choices
 from webui.tabs import training_form as tform
 from webui.tabs import training_plots as tplots
 from webui.tabs import training_runs as truns
@@ -211,7 +211,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         try:
             config = TrainConfig.load(paths.run_dir(voice, run) / "train.yaml")
         except (ConfigError, OSError) as exc:
-            gr.Warning(f"Cannot read the run's train.yaml: {exc}")
+            gr.Warning(browser_text(f"Cannot read the run's train.yaml: {exc}"))
             return [gr.skip()] * len(form_list)
         return [tform.to_form_value(name, getattr(config, name)) for name in form]
 
@@ -281,7 +281,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             try:
                 run_folder, resumed = truns.start_run(named(values, form), voice, run, ctx.settings.base_model)
             except process.TrainingAlreadyRunning as exc:  # e.g. a second page's click: one trainer goes on
-                gr.Warning(str(exc))
+                gr.Warning(browser_text(str(exc)))
                 return gr.skip()
         gr.Info(f"{'Resumed' if resumed else 'Started'} {run_folder.name}.")
         return gr.Dropdown(choices=paths.list_runs(voice), value=run)

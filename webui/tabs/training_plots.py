@@ -60,8 +60,10 @@ expect a few hundred steps before the voice settles.
 
 
 def slug(name: str) -> str:
-    """A run name as it appears in element ids (letters, digits, ``-`` and ``_``)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    """A run name as it appears in element ids (letters, digits, ``-`` and ``_``): other ASCII
+    characters become ``_``, others ``_u<hex>`` (``Zoë`` → ``Zo_ueb``), so names in another
+    script (``Zoë``, ``Zoé``) keep ids of their own."""
+    return re.sub(r"[^A-Za-z0-9_-]", lambda m: "_" if m.group().isascii() else f"_u{ord(m.group()):x}", name)
 
 
 def _xy(points, axis: str) -> tuple[list, list]:

@@ -19,6 +19,7 @@ import pandas as pd
 from engine import paths, runs
 from engine.config import branch_run
 from engine.training import process
+from webui.tabs import browser_text
 from webui.tabs.training_form import form_to_config
 
 RUN_COLUMNS = ["run", "state", "step", "epoch", "samples/s", "ETA", "checkpoint", "note"]
@@ -135,7 +136,7 @@ def describe_status(status: runs.RunStatus, best: tuple[int, float] | None = Non
         text += f"\n\n```text\n{status.failure_lines}\n```"
     if status.hint:
         text += f"\n\n*Hint:* {status.hint}"
-    return text
+    return browser_text(text)  # the trainer's messages and traceback name files by absolute path
 
 
 def monitor(voice: str | None, run: str | None) -> tuple[str, str, runs.RunStatus | None]:
@@ -150,16 +151,16 @@ def monitor(voice: str | None, run: str | None) -> tuple[str, str, runs.RunStatu
             return f"**invalid run name**: {exc}", "", None
         return f"**new run** `{run}`: set it up below and press Start to write its train.yaml and train.", "", None
     status = runs.run_status(voice, run)
-    return describe_status(status), runs.log_tail(run_folder, LOG_LINES), status
+    return describe_status(status), browser_text(runs.log_tail(run_folder, LOG_LINES)), status
 
 
 def _note(status: runs.RunStatus) -> str:
     if status.state == "failed":
         code = f"exit code {status.exit_code}: " if status.exit_code not in (None, 0) else ""
-        return (code + status.message)[:120]
+        return browser_text(code + status.message)[:120]
     if status.state == "stopped" and status.latest_checkpoint is not None:
         return f"stopped at step {status.step}; resumable"
-    return status.message[:120]
+    return browser_text(status.message)[:120]
 
 
 def runs_table(voice: str | None) -> pd.DataFrame:
