@@ -15,6 +15,8 @@ if not exist .venv\Scripts\python.exe (
 set REQ=requirements.txt
 if "%MODE%"=="test" set REQ=requirements-test.txt
 .venv\Scripts\python.exe -m pip install -r %REQ% || exit /b 1
+rem Packages with wrong declared dependencies, without them (requirements-nodeps.txt says why).
+.venv\Scripts\python.exe -m pip install --no-deps -r requirements-nodeps.txt || exit /b 1
 if "%MODE%"=="test" (
   rem The tests also need espeak-ng, sox, ffmpeg and Chromium on PATH.
   .venv\Scripts\python.exe -m pytest %1 %2 %3 %4 %5 %6 %7 %8 %9

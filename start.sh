@@ -17,10 +17,12 @@ fi
 req=requirements.txt
 [ "$mode" = test ] && req=requirements-test.txt
 # Reinstall only when a requirements file changed.
-stamp=".venv/.installed-$mode-$(cat requirements.txt "$req" | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$mode-$(cat requirements.txt "$req" requirements-nodeps.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --upgrade pip
   .venv/bin/python -m pip install -r "$req"
+  # Packages with wrong declared dependencies, without them (requirements-nodeps.txt says why).
+  .venv/bin/python -m pip install --no-deps -r requirements-nodeps.txt
   touch "$stamp"
 fi
 

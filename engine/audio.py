@@ -226,9 +226,9 @@ class _WorkerPool:
         self.exit_hook = False
 
     def take(self) -> _Worker:
+        if self.owner != os.getpid():  # a forked child: a new lock too (fork may copy it held)
+            self.lock, self.idle, self.owner = threading.Lock(), [], os.getpid()
         with self.lock:
-            if self.owner != os.getpid():
-                self.idle, self.owner = [], os.getpid()
             while self.idle:
                 worker = self.idle.pop()
                 if worker.alive():
