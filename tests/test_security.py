@@ -23,6 +23,8 @@ from gradio.utils import get_upload_folder
 
 from engine import paths
 from engine.config import TrainConfig
+from engine.export import import_model
+from engine.generate import generate_speech
 from engine.settings import load_settings, save_settings
 from engine.training import checkpoint as ckpt
 from engine.training import process
@@ -150,11 +152,11 @@ def test_the_page_plays_a_dataset_clip_from_the_cache_only(secret_home, monkeypa
 
 
 @pytest.fixture(scope="module")
-def locked_app(secret_home, tiny_model, tmp_path_factory):
-    """The app with a login from an --auth-file and a 100 KB upload limit."""
-    auth_file = tmp_path_factory.mktemp("auth") / "users.txt"
-    auth_file.write_text("# user:password per line\n\nada:correct horse:battery\nbob:x\n")
-    with launch_app(secret_home, tiny_model, ["--auth-file", str(auth_file), "--max-file-size", "100kb"]) as url:
+def locked_app(secret_home, tiny_model):
+    """The app with a login (--auth) and a 100 KB upload limit."""
+    with launch_app(
+        secret_home, tiny_model, ["--auth", "ada:correct horse:battery", "--max-file-size", "100kb"]
+    ) as url:
         yield url
 
 
@@ -212,6 +214,20 @@ def test_bad_logins_and_sizes_refuse_to_start_without_echoing_the_password(tmp_p
     assert result.returncode == 2 and "line 2" in result.stderr and "hunter2" not in result.stderr
     result = run_webui(["--max-file-size", "lots"], tmp_path)
     assert result.returncode == 2 and "--max-file-size: not a size: 'lots'" in result.stderr
+
+
+def test_auth_file(tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("# user:password per line\n\nada:correct horse:battery\n  bob:x  \n")
+    assert access.resolve_auth("0.0.0.0", None, str(users), env={}) == [
+        ("ada", "correct horse:battery"),
+        ("bob", "x  "),
+    ]
+    users.write_text("# nobody\n")
+    with pytest.raises(access.StartupError, match="holds no user:password line"):
+        access.read_auth_file(users)
+    with pytest.raises(access.StartupError, match="cannot be read"):
+        access.read_auth_file(tmp_path / "missing.txt")
 
 
 def test_resolve_auth():
@@ -292,5 +308,12 @@ def test_form_values_never_run(home, tiny_model, tmp_path, monkeypatch):
     assert yaml.safe_load((folder / "train.yaml").read_text())["init_weights"] == values[4].strip()
     status = json.loads((folder / "status.json").read_text())
     assert status["state"] == "failed", status  # no such base model: it failed, and did nothing else
+
+    # The Generate tab's text reaches the output's settings JSON (and the tokenizer) as typed;
+    # an imported model's name is a folder name, refused like the others.
+    spoken = generate_speech(VOICE, values[3], base_model=tiny_model, language="en", log=lambda _: None)
+    assert json.loads(spoken.with_suffix(".json").read_text())["text"] == values[3].strip()
+    with pytest.raises(paths.InvalidNameError):
+        import_model(uploads / "model.zip", values[0])
 
     assert not sentinel.exists() and not (tmp_path / "SENTINEL").exists(), "a form value ran as a command"
