@@ -221,7 +221,7 @@ def test_auth_file(tmp_path):
     users.write_text("# user:password per line\n\nada:correct horse:battery\n  bob:x  \n")
     assert access.resolve_auth("0.0.0.0", None, str(users), env={}) == [
         ("ada", "correct horse:battery"),
-        ("bob", "x  "),
+        ("bob", "x"),
     ]
     users.write_text("# nobody\n")
     with pytest.raises(access.StartupError, match="holds no user:password line"):
