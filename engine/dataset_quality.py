@@ -50,11 +50,11 @@ MISMATCH_CER = 0.25
 text and an independent re-transcription of its audio is above this (prepare also leaves such
 a clip out of training until the user restores it: ``engine.dataset.MISMATCH_CER``)."""
 
-SPEAKER_SIMILARITY = 0.70
+SPEAKER_SIMILARITY = 0.75
 """A clip is flagged "different speaker?" when the cosine similarity of its speaker
 embedding (Resemblyzer GE2E) to the voice's median embedding is below this: the value of
 ``engine.speaker.SAME_SPEAKER_THRESHOLD``, where the measurements behind it are (the same
-espeak-ng voice scores 0.75 or more from 1 s clips up, another voice at most 0.66)."""
+espeak-ng voice scores 0.79 or more from 1.25 s clips up, another voice at most 0.67)."""
 
 HISTOGRAM_BIN_SECONDS = 1.0
 """Width of a bin of the clip-length histogram, in seconds."""
