@@ -57,8 +57,11 @@ def test_record_transcribe_train_generate(app_url, page, speech_voice, faster_wh
     expect(page.locator("#training-yaml")).to_contain_text("Not a valid configuration")
     set_number(page, "train-epochs", 6)
     set_number(page, "train-batch-size", 2)
+    # Four recordings make three training clips: below the default min_training_clips (4).
+    page.locator("#training-config").get_by_text("Other", exact=True).click()
+    set_number(page, "train-min-training-clips", 3)
     yaml = page.locator("#training-yaml")
-    for line in ("epochs: 6", "batch_size: 2", f"voice: {VOICE}", f"run: {RUN}"):
+    for line in ("epochs: 6", "batch_size: 2", "min_training_clips: 3", f"voice: {VOICE}", f"run: {RUN}"):
         expect(yaml).to_contain_text(line)
     page.locator("#training-start").click()
     state = page.locator("#training-status strong").first
