@@ -150,9 +150,11 @@ def test_temporary_folders_of_dead_savers_are_cleared_complete_ones_recovered(tm
     shutil.copytree(folder / "step-0000001", stale_old)  # its replacement is in place
     busy = folder / f".tmp-step-0000004-{alive}"
     busy.mkdir()
+    (folder / ".tmp-step-0000005").mkdir()  # no pid: its writer is long gone
     messages = []
     removed = ckpt.remove_stale_temporaries(tmp_path, log=messages.append)
-    assert sorted(p.name for p in removed) == sorted([half.name, f".old-step-0000003-{dead}", stale_old.name])
+    expected = [half.name, f".old-step-0000003-{dead}", stale_old.name, ".tmp-step-0000005"]
+    assert sorted(p.name for p in removed) == sorted(expected)
     assert sorted(p.name for p in folder.iterdir()) == [busy.name, "step-0000001", "step-0000003"]
     assert ckpt.load_checkpoint(folder / "step-0000003")[1]["step"] == 3, "the complete copy was recovered, not deleted"
     assert any("recovered step-0000003" in m for m in messages)

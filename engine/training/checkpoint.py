@@ -37,8 +37,9 @@ STATE_FILE = "state.pt"
 COMPLETE_FILE = "COMPLETE"
 CHECKPOINTS_DIR = "checkpoints"
 #: ``.tmp-step-NNNNNNN-<pid>`` (a save in progress) and ``.old-step-NNNNNNN-<pid>`` (the folder
-#: a re-save of the same step replaces), as :func:`save_checkpoint` names them.
-_TEMPORARY = re.compile(r"^\.(tmp|old)-(step-\d{7,})-(\d+)$")
+#: a re-save of the same step replaces), as :func:`save_checkpoint` names them (a name without
+#: the pid counts as left by a dead process).
+_TEMPORARY = re.compile(r"^\.(tmp|old)-(step-\d{7,})(?:-(\d+))?$")
 #: Slack, in seconds, when comparing a process's start time with a folder's modification time.
 _CLOCK_SLACK_S = 5.0
 
@@ -236,7 +237,7 @@ def remove_stale_temporaries(run_dir: Path, log: Callable[[str], None] = print) 
     handled = []
     # .tmp before .old: when both hold a complete copy of the step, the .tmp one is the newer.
     for match, entry in sorted(found, key=lambda item: item[0].group(1) != "tmp"):
-        if _owner_alive(int(match.group(3)), entry):
+        if match.group(3) and _owner_alive(int(match.group(3)), entry):
             continue
         final = folder / match.group(2)
         if (entry / COMPLETE_FILE).is_file() and not (final / COMPLETE_FILE).is_file():
