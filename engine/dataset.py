@@ -129,7 +129,8 @@ class ClipRecord:
     of ``text`` against it, :func:`engine.scoring.character_error_rate`); ``auto_excluded``
     (the reason prepare left the clip out of training, e.g. "text does not match audio
     (CER 0.47)", or None); ``speaker_similarity`` (cosine of the clip's speaker embedding to
-    the voice's median one, None when unmeasured).
+    the median one of the voice's other clips, None when unmeasured) and ``different_speaker``
+    (:func:`engine.speaker.speaker_outliers` flagged it).
 
     Set by :func:`engine.dataset_edit.apply_edits`: ``split`` (``"train"``,
     ``"validation"``, ``"excluded"``), ``whisper_text``, ``origin``, ``excluded`` and, after a
@@ -159,6 +160,7 @@ class ClipRecord:
     cer: float | None = None
     auto_excluded: str | None = None
     speaker_similarity: float | None = None
+    different_speaker: bool | None = None
     whisper_text: str | None = None
     origin: str = "whisper"
     excluded: bool = False
@@ -455,7 +457,8 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
             dropped += [{"file": path.name, **item} for item in file_dropped + hallucinated]
             meter.update("verifying", 0.8)
             verified = _verify(audio_16k, planned, whisper, details["language"], cache, key)
-            for number, (clip, heard) in enumerate(zip(planned, verified, strict=True), start=1):
+            vectors = _embeddings(audio_16k, planned, cache, key)
+            for number, (clip, heard, vector) in enumerate(zip(planned, verified, vectors, strict=True), start=1):
                 name = f"{stems[path]}_{number:05d}.wav"
                 first = round(clip.start * SAMPLE_RATE)  # the length rounded once: ≥ 1 s stays ≥ 1 s
                 stretch = slice(first, first + round((clip.end - clip.start) * SAMPLE_RATE))
@@ -464,7 +467,7 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
                 record.language = details["language"]
                 _check_text(record, heard)
                 clips.append(record)
-                embeddings[record.audio_file] = _embedding(audio_16k, clip)
+                embeddings[record.audio_file] = vector
             if not planned:
                 reasons = sorted({d["reason"] for d in file_dropped + hallucinated}) or ["no speech"]
                 skipped.append(_skip(path, "no usable clip: " + "; ".join(reasons), log))
@@ -649,6 +652,7 @@ def _transcript(path, audio_16k, whisper: _Whisper, cache, key: str, counts: dic
         segments = transcribe.transcribe(
             audio_16k, whisper.backend, whisper.model, language, whisper.device, chunks=chunks
         )
+        segments = _recover_missed_speech(audio_16k, segments, speech, whisper, language)
     except Exception as error:  # one bad file must not stop the rest
         raise _Unusable(f"transcription failed ({type(error).__name__}: {error})") from error
     seconds = time.perf_counter() - started
@@ -662,6 +666,22 @@ def _transcript(path, audio_16k, whisper: _Whisper, cache, key: str, counts: dic
     }  # fmt: skip
     cache.put(key, segments, **details)
     return segments, details
+
+
+def _recover_missed_speech(audio_16k, segments, speech, whisper: _Whisper, language: str | None):
+    """Speech the VAD found but the first pass left without words (Whisper sometimes drops
+    the first or last sentence of a window) is transcribed again, each stretch on its own,
+    and its words are added: nothing spoken is lost to where a window happened to fall."""
+    missing = transcribe.words_missing(segments, speech)
+    if not missing:
+        return segments
+    found = transcribe.transcribe(audio_16k, whisper.backend, whisper.model, language, whisper.device, chunks=missing)
+    kept = []
+    for segment in found:
+        middle = (segment.start + segment.end) / 2
+        if any(a <= middle <= b for a, b in missing) and any(ch.isalnum() for ch in segment.text):
+            kept.append(segment)
+    return sorted([*segments, *kept], key=lambda segment: segment.start)
 
 
 def _verify(audio_16k, planned: list[PlannedClip], whisper: _Whisper, language: str, cache, key: str) -> list[str]:
@@ -727,37 +747,61 @@ def _drop_silent(clips: list[ClipRecord], staging: Path) -> tuple[list[ClipRecor
     return kept, dropped
 
 
-def _embedding(audio_16k: np.ndarray, clip: PlannedClip):
-    """The clip's speaker embedding (:func:`engine.speaker.embed`), None when it cannot be made."""
-    try:
-        from engine import speaker
-    except ImportError:
-        return None
-    first, last = round(clip.start * transcribe.SAMPLE_RATE), round(clip.end * transcribe.SAMPLE_RATE)
-    try:
-        return speaker.embed(audio_16k[first:last])
-    except (ValueError, ImportError, OSError):  # too short or silent; resemblyzer missing or broken
-        return None
+def _embeddings(audio_16k: np.ndarray, planned: list[PlannedClip], cache, key: str) -> list:
+    """Each planned clip's speaker embedding (:func:`engine.speaker.embed`, a ``(256,)``
+    array), None where it cannot be made (too short, silent, no encoder); kept in the
+    transcript cache beside the checks, so a re-run embeds only new clips."""
+    entry = cache.entries.get(key, {})
+    known = dict(entry.get("embeddings") or {})
+    names = [f"{clip.start:.3f}:{clip.end:.3f}" for clip in planned]
+    missing = [i for i, name in enumerate(names) if name not in known]
+    if missing:
+        try:
+            from engine import speaker
+        except ImportError:
+            return [None] * len(planned)
+        for i in missing:
+            first, last = (
+                round(planned[i].start * transcribe.SAMPLE_RATE),
+                round(planned[i].end * transcribe.SAMPLE_RATE),
+            )
+            try:
+                known[names[i]] = [round(float(x), 5) for x in speaker.embed(audio_16k[first:last])]
+            except ValueError:  # too short or silent: no embedding, remembered as such
+                known[names[i]] = None
+            except (ImportError, OSError):  # resemblyzer missing or broken: nothing to remember
+                return [None] * len(planned)
+        if key in cache.entries:
+            cache.entries[key]["embeddings"] = {name: known[name] for name in names}
+            cache.save()
+    return [None if known[name] is None else np.asarray(known[name], dtype=np.float32) for name in names]
 
 
 def _check_speakers(clips: list[ClipRecord], embeddings: dict) -> dict:
-    """Set each clip's ``speaker_similarity`` to the voice's median embedding (clips whose
-    text matches their audio make the reference); returns report.json's ``speaker``."""
+    """Set each clip's ``speaker_similarity`` (to the median embedding of the voice's *other*
+    clips, :func:`engine.speaker.speaker_similarities`) and ``different_speaker``
+    (:func:`engine.speaker.speaker_outliers`: below the measured threshold and well below the
+    voice's usual similarity); returns report.json's ``speaker``."""
     try:
         from engine import speaker
-    except ImportError:
-        return {"measured": False, "reason": "speaker embeddings unavailable (resemblyzer not installed)"}
-    trusted = [
-        embeddings[c.audio_file] for c in clips if embeddings.get(c.audio_file) is not None and not c.auto_excluded
-    ]
-    if len(trusted) < 2:
-        return {"measured": False, "reason": "fewer than two clips to compare"}
-    reference = speaker.reference_embedding(np.stack(trusted))
-    for clip in clips:
-        vector = embeddings.get(clip.audio_file)
-        if vector is not None:
-            clip.speaker_similarity = round(speaker.cosine(vector, reference), 4)
-    return {"measured": True, "model": "resemblyzer GE2E", "threshold": speaker.SAME_SPEAKER_THRESHOLD}
+    except ImportError as error:
+        return {"measured": False, "reason": f"speaker embeddings unavailable ({error})"}
+    measured = [clip for clip in clips if embeddings.get(clip.audio_file) is not None]
+    if len(measured) < 2:
+        return {"measured": False, "reason": "fewer than two clips long enough to compare"}
+    stack = np.stack([embeddings[clip.audio_file] for clip in measured])
+    similarities = speaker.speaker_similarities(stack)
+    outliers = set(speaker.speaker_outliers(stack))
+    for index, clip in enumerate(measured):
+        clip.speaker_similarity = round(float(similarities[index]), 4)
+        clip.different_speaker = index in outliers
+    return {
+        "measured": True,
+        "model": "Resemblyzer GE2E (resemblyzer 0.1.4)",
+        "threshold": speaker.SAME_SPEAKER_THRESHOLD,
+        "clips": len(measured),
+        "different_speaker": len(outliers),
+    }
 
 
 def _majority(languages: dict[str, str], speech: dict[str, list]) -> str | None:

@@ -51,8 +51,10 @@ text and an independent re-transcription of its audio is above this (prepare als
 a clip out of training until the user restores it: ``engine.dataset.MISMATCH_CER``)."""
 
 SPEAKER_SIMILARITY = 0.75
-"""A clip is flagged "different speaker?" when the cosine similarity of its speaker
-embedding (Resemblyzer GE2E) to the voice's median embedding is below this: the value of
+"""A clip is flagged "different speaker?" when prepare found it an outlier
+(``engine.speaker.speaker_outliers``: similarity of its speaker embedding to the median of the
+voice's other clips below this, and well below the voice's usual similarity); for a report
+that records no verdict, when the similarity alone is below this. The value of
 ``engine.speaker.SAME_SPEAKER_THRESHOLD``, where the measurements behind it are (the same
 espeak-ng voice scores 0.79 or more from 1.25 s clips up, another voice at most 0.67)."""
 
@@ -211,6 +213,7 @@ def _measure(clip: dict) -> dict:
         "verified_text": clip.get("verified_text"),
         "auto_excluded": clip.get("auto_excluded"),
         "speaker_similarity": clip.get("speaker_similarity"),
+        "different_speaker": clip.get("different_speaker"),
     }
     if None in (row["rms_dbfs"], row["clipping"], row["leading_silence"], row["trailing_silence"]):
         try:
@@ -248,7 +251,8 @@ def _flags(row: dict, median_rms: float | None, categories: dict[str, list[str]]
             flag("edge silence", f"silence at {edge} {row[name]:.1f} s")
     if row["origin"] == "whisper" and row["cer"] is not None and row["cer"] > MISMATCH_CER:
         flag("text mismatch", f"text does not match audio (CER {row['cer']:.2f})")
-    if row["speaker_similarity"] is not None and row["speaker_similarity"] < SPEAKER_SIMILARITY:
+    similarity, outlier = row["speaker_similarity"], row["different_speaker"]
+    if outlier or (outlier is None and similarity is not None and similarity < SPEAKER_SIMILARITY):
         flag("speaker", f"different speaker? (similarity {row['speaker_similarity']:.2f})")
     if row["origin"] != "manual":
         if row["avg_logprob"] is not None and row["avg_logprob"] < LOW_AVG_LOGPROB:

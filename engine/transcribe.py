@@ -54,6 +54,15 @@ CHUNK_SECONDS = 30.0
 """Longest window Whisper is given, in seconds: its encoder's input length (``N_SAMPLES`` /
 ``SAMPLE_RATE``)."""
 
+WINDOW_SECONDS = 25.0
+"""Longest window prepared for Whisper, in seconds. Shorter than its 30 s input: in windows
+that filled 29–30 s, Whisper's first pass left the first or the last sentence without words
+(three sentences, 8.5 s of 218 s of speech, in ``bench/prepare_throughput.py``)."""
+
+MIN_MISSED_SECONDS = 0.5
+"""Speech the VAD found that holds no recognised word for at least this long (seconds) is
+transcribed again on its own (:func:`words_missing`)."""
+
 MAX_CHUNK_GAP_SECONDS = 2.0
 """Speech regions further apart than this (seconds of silence) go to separate windows, so a
 long silence is never transcribed."""
@@ -173,7 +182,7 @@ def detect_speech(audio: np.ndarray, min_silence_ms: int = VAD_MIN_SILENCE_MS, p
 
     Returns:
         ``[(start, end), …]`` in seconds, in time order, not overlapping. Silero's defaults
-        otherwise (speech threshold 0.5); regions longer than :data:`CHUNK_SECONDS` are split
+        otherwise (speech threshold 0.5); regions longer than :data:`WINDOW_SECONDS` are split
         at their last pause of at least 98 ms (Silero's rule).
     """
     from faster_whisper.vad import VadOptions, get_speech_timestamps
@@ -182,7 +191,7 @@ def detect_speech(audio: np.ndarray, min_silence_ms: int = VAD_MIN_SILENCE_MS, p
     if audio.size == 0:
         return []
     options = VadOptions(
-        min_silence_duration_ms=min_silence_ms, speech_pad_ms=pad_ms, max_speech_duration_s=CHUNK_SECONDS
+        min_silence_duration_ms=min_silence_ms, speech_pad_ms=pad_ms, max_speech_duration_s=WINDOW_SECONDS
     )
     regions = []
     for item in get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE):
@@ -195,7 +204,7 @@ def detect_speech(audio: np.ndarray, min_silence_ms: int = VAD_MIN_SILENCE_MS, p
 
 
 def speech_chunks(
-    regions: list[tuple[float, float]], max_seconds: float = CHUNK_SECONDS, max_gap: float = MAX_CHUNK_GAP_SECONDS
+    regions: list[tuple[float, float]], max_seconds: float = WINDOW_SECONDS, max_gap: float = MAX_CHUNK_GAP_SECONDS
 ) -> list[tuple[float, float]]:
     """Merge consecutive speech regions into windows for Whisper: a region joins the window
     before it when the window stays within ``max_seconds`` and the silence between them is at
@@ -305,20 +314,50 @@ def transcribe_spans(
     """Transcribe each ``(start, end)`` span of ``audio`` (seconds, each at most 30 s) on its
     own and return one text per span, in order: the second, independent pass that checks a
     clip's text against its audio. Batched with faster-whisper; deterministic as
-    :func:`transcribe`. Raises as :func:`transcribe`."""
+    :func:`transcribe`; raises as it.
+
+    Each span is its own Whisper window. Packing several clips into one 30 s window would
+    need fewer encoder passes (13 windows instead of 32 in ``bench/prepare_throughput.py``),
+    but Whisper decodes a window as one text, so each clip would be heard in the context of
+    the one before: measured with tiny.en, "Hello there." became "The low air" (CER 0.24)
+    once packed behind another clip. An independent check is worth more than the time.
+    """
     _check_backend(backend)
     audio = _mono_float32(audio)
-    spans = [(float(a), float(b)) for a, b in spans]
-    ordered = all(b > a for a, b in spans) and all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
+    spans = [(float(a), max(float(a), float(b))) for a, b in spans]
+    ordered = all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
     if not ordered:  # overlapping or unsorted: one window at a time
         return [" ".join(transcribe_spans(audio, [span], backend, model, language, device)) for span in spans]
-    pieces = transcribe(audio, backend, model, language, device, spans, word_timestamps=False)
+    chunks = [span for span in spans if span[1] > span[0]]
+    pieces = transcribe(audio, backend, model, language, device, chunks, word_timestamps=False) if chunks else []
     texts: list[list[str]] = [[] for _ in spans]
     starts = [start for start, _end in spans]
-    for piece in pieces:  # a piece belongs to the span its start lies in
-        index = max(0, bisect.bisect_right(starts, piece.start + 1e-3) - 1)
+    for piece in pieces:  # a piece belongs to the span its middle lies in
+        index = max(0, bisect.bisect_right(starts, (piece.start + piece.end) / 2) - 1)
         texts[index].append(piece.text.strip())
     return [" ".join(" ".join(parts).split()) for parts in texts]
+
+
+def words_missing(
+    segments: list[Segment], speech: list[tuple[float, float]], min_seconds: float = MIN_MISSED_SECONDS
+) -> list[tuple[float, float]]:
+    """Stretches of the VAD's ``speech`` regions (seconds) in which no recognised word lies,
+    at least ``min_seconds`` long and widened to whole seconds of context where the region
+    allows: where the first pass heard nothing although someone spoke. A word covers its
+    times widened by 0.2 s (Whisper's word times can be that far off)."""
+    words = sorted((w.start - 0.2, w.end + 0.2) for s in segments for w in (s.words or [Word(s.start, s.end, "", 0)]))
+    missing = []
+    for start, end in speech:
+        position = start
+        for a, b in words:
+            if b <= position or a >= end:
+                continue
+            if a - position >= min_seconds:
+                missing.append((position, a))
+            position = max(position, b)
+        if end - position >= min_seconds:
+            missing.append((position, end))
+    return [(round(max(a, 0.0), 3), round(b, 3)) for a, b in missing]
 
 
 def load_model(backend: str, model: str | None = None, device: str = "auto"):
@@ -407,7 +446,7 @@ def _transcribe_faster_whisper(audio, model, language, device, chunks, word_time
         temperature=0.0,
         condition_on_previous_text=False,
         word_timestamps=word_timestamps,
-        without_timestamps=not word_timestamps,
+        without_timestamps=False,  # segment times place each piece (transcribe_spans)
         batch_size=BATCH_SIZE,
     )
     segments = []
@@ -488,7 +527,7 @@ class TranscriptCache:
     interrupted run keeps what it had transcribed. An unreadable file counts as empty.
     """
 
-    VERSION = 2  # 2: VAD windows, beam search without temperature fallback
+    VERSION = 3  # 2: VAD windows, beam search without temperature fallback; 3: 25 s windows, missed speech recovered, checks with timestamps
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

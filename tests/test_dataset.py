@@ -280,6 +280,7 @@ def test_junk_transcripts_are_skipped_not_fatal(timbre_home, speech_voice, monke
 
     monkeypatch.setattr(transcribe, "transcribe", fake)
     monkeypatch.setattr(transcribe, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(transcribe, "words_missing", lambda *a, **k: [])  # no second look at the speech
     report = prepare_dataset(VOICE, whisper_model="tiny.en", log=lambda _: None)
     reasons = {s["file"]: s["reason"] for s in report.skipped}
     assert "no usable text" in reasons["market.wav"]
@@ -295,8 +296,9 @@ def test_model_that_cannot_load_stops_the_run(timbre_home, speech_voice, monkeyp
         raise OSError("no network")
 
     monkeypatch.setattr(transcribe, "load_model", fail)
-    with pytest.raises(DatasetError, match="cannot load the faster-whisper model 'tiny'"):
+    with pytest.raises(DatasetError, match="The Whisper model 'tiny' is not on this computer"):
         prepare_dataset(VOICE, whisper_model="tiny", log=lambda _: None)
+    assert not (timbre_home / "datasets" / VOICE / "report.json").exists()
 
 
 # --- plan_clips on synthetic transcripts -----------------------------------------------------

@@ -250,3 +250,39 @@ def test_excluding_a_validation_clip_never_moves_a_training_clip():
             clip["excluded"] = True
     dataset_edit.assign_splits(clips, 0.2, seed=1)
     assert [c["split"] for c in clips].count("validation") == 1
+
+
+def test_another_speaker_in_the_recordings_is_flagged(timbre_home, espeak_wav, faster_whisper_model_path):
+    folder = timbre_home / "voices" / "mixed"
+    folder.mkdir(parents=True)
+    sentences = [
+        "The morning train was late again today.",
+        "We walked along the beach and collected shells.",
+        "My brother plays the violin every evening.",
+        "The library closes early on Sundays.",
+        "Please remember to water the plants on Friday.",
+        "A cold wind blew across the empty field.",
+    ]
+    for number, text in enumerate(sentences):
+        espeak_wav(text, folder / f"take{number}.wav", voice="en-us")
+    espeak_wav("Somebody else is reading this sentence aloud now.", folder / "visitor.wav", voice="en-us+f3")
+    report = prepare_dataset("mixed", whisper_model=faster_whisper_model_path, log=lambda _: None)
+    assert report.speaker["measured"] is True
+    flagged = {c.source for c in report.per_clip if c.different_speaker}
+    assert flagged == {"visitor.wav"}
+    visitor = next(c for c in report.per_clip if c.source == "visitor.wav")
+    own = [c.speaker_similarity for c in report.per_clip if c.source != "visitor.wav"]
+    assert visitor.speaker_similarity < min(own)
+    quality = dataset_quality.quality_report("mixed")
+    assert [r["audio_file"] for r in quality["per_clip"] if r["audio_file"] in quality["categories"]["speaker"]] == [
+        visitor.audio_file
+    ]
+    # the embeddings are cached: a re-run embeds nothing again and gives the same figures
+    again = prepare_dataset("mixed", whisper_model=faster_whisper_model_path, log=lambda _: None)
+    assert [c.speaker_similarity for c in again.per_clip] == [c.speaker_similarity for c in report.per_clip]
+
+
+def test_words_missing_finds_speech_without_words():
+    segments = [Segment(1.0, 3.0, " Hello there.", [Word(1.0, 1.5, " Hello", 0.9), Word(1.6, 2.9, " there.", 0.9)])]
+    speech = [(0.9, 3.1), (4.0, 6.0), (7.0, 7.3)]
+    assert transcribe.words_missing(segments, speech) == [(4.0, 6.0)]
