@@ -28,8 +28,6 @@ from gradio.utils import get_upload_folder
 from engine import paths
 from engine.settings import AppSettings, format_size, parse_size, save_settings
 
-__all__ = ["AppSettings", "TabContext", "browser_text", "engine_errors", "page_file"]
-
 logger = logging.getLogger("webui")
 
 #: The exceptions the engine raises for bad input or missing files (ConfigError, DatasetError,
