@@ -99,8 +99,9 @@ top guess is sometimes a language no one spoke (espeak-ng's French is heard as T
 base model, with French the likeliest of the 17)."""
 
 SILENCE_BELOW_MEDIAN_DB = 40.0
-"""A clip whose RMS level is more than this many dB below the median clip of the voice is
-silence (or breath, or hum), not speech, whatever Whisper wrote for it."""
+"""A clip whose RMS level is more than this many dB below the voice's median speech level
+(the RMS of the speech regions the VAD found, after loudness normalisation) is silence (or
+breath, or hum), not speech, whatever Whisper wrote for it."""
 
 MISMATCH_CER = dataset_quality.MISMATCH_CER
 """A clip whose text and an independent re-transcription of its audio differ by more than
@@ -435,6 +436,7 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
     dropped: list[dict] = []
     speech: dict[str, list] = {}
     languages: dict[str, str] = {}
+    speech_levels: list[float] = []
     counts = {"audio": 0.0, "transcription": 0.0, "transcribed": 0, "reused": 0}
     try:
         for path in recordings:
@@ -452,6 +454,7 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
             counts["audio"] += audio.numel() / SAMPLE_RATE
             speech[path.name], languages[path.name] = details["speech"], details["language"]
             raw, audio = audio, loudness_normalise(audio)
+            speech_levels += _speech_levels(audio, details["speech"])
             planned, file_dropped = plan_clips(segments, audio, SAMPLE_RATE, speech=details["speech"])
             planned, hallucinated = _drop_hallucinations(planned)
             dropped += [{"file": path.name, **item} for item in file_dropped + hallucinated]
@@ -473,7 +476,7 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
                 skipped.append(_skip(path, "no usable clip: " + "; ".join(reasons), log))
             meter.end(path)
         progress(1.0, "writing the dataset")
-        clips, silent = _drop_silent(clips, staging)
+        clips, silent = _drop_silent(clips, staging, speech_levels)
         dropped += silent
         speaker = _check_speakers(clips, embeddings)
         if not clips:
@@ -728,20 +731,35 @@ def _drop_hallucinations(planned: list[PlannedClip]) -> tuple[list[PlannedClip],
     return kept, dropped
 
 
-def _drop_silent(clips: list[ClipRecord], staging: Path) -> tuple[list[ClipRecord], list[dict]]:
-    """Clips more than :data:`SILENCE_BELOW_MEDIAN_DB` below the voice's median RMS level
-    are removed (their wav too); returns the rest and a ``dropped`` entry for each."""
-    levels = [clip.rms_dbfs for clip in clips if clip.rms_dbfs is not None]
+def _speech_levels(audio, speech: list) -> list[float]:
+    """RMS level (dBFS) of each speech region the VAD found in ``audio`` (22 050 Hz)."""
+    levels = []
+    for start, end in speech:
+        level = rms_dbfs(audio[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)])
+        if level > -120.0:
+            levels.append(level)
+    return levels
+
+
+def _drop_silent(
+    clips: list[ClipRecord], staging: Path, speech_levels: list[float]
+) -> tuple[list[ClipRecord], list[dict]]:
+    """Clips more than :data:`SILENCE_BELOW_MEDIAN_DB` below the voice's median level are
+    removed (their wav too); returns the rest and a ``dropped`` entry for each. The voice's
+    level is the median RMS of the speech regions the VAD found (speech by definition, so a
+    handful of silent clips cannot drag it down), else of the clips."""
+    levels = speech_levels or [clip.rms_dbfs for clip in clips if clip.rms_dbfs is not None]
     if not levels:
         return clips, []
-    floor = statistics.median(levels) - SILENCE_BELOW_MEDIAN_DB
+    median = statistics.median(levels)
     kept, dropped = [], []
     for clip in clips:
-        if clip.rms_dbfs is not None and clip.rms_dbfs < floor:
+        if clip.rms_dbfs is not None and clip.rms_dbfs < median - SILENCE_BELOW_MEDIAN_DB:
             (staging / Path(clip.audio_file).name).unlink(missing_ok=True)
-            below = statistics.median(levels) - clip.rms_dbfs
-            dropped.append({"file": clip.source, "start": clip.start, "end": clip.end, "text": clip.text,
-                            "reason": f"silence: RMS {clip.rms_dbfs:.0f} dBFS, {below:.0f} dB below the voice's median"})  # fmt: skip
+            reason = f"silence: RMS {clip.rms_dbfs:.0f} dBFS, {median - clip.rms_dbfs:.0f} dB below the voice's median"
+            dropped.append(
+                {"file": clip.source, "start": clip.start, "end": clip.end, "text": clip.text, "reason": reason}
+            )
         else:
             kept.append(clip)
     return kept, dropped

@@ -286,3 +286,38 @@ def test_words_missing_finds_speech_without_words():
     segments = [Segment(1.0, 3.0, " Hello there.", [Word(1.0, 1.5, " Hello", 0.9), Word(1.6, 2.9, " there.", 0.9)])]
     speech = [(0.9, 3.1), (4.0, 6.0), (7.0, 7.3)]
     assert transcribe.words_missing(segments, speech) == [(4.0, 6.0)]
+
+
+def test_silence_and_silence_phrases_are_rejected_with_the_reason(timbre_home, espeak_wav, monkeypatch):
+    """Whisper is made to hear words in a stretch of digital silence and "You" in speech:
+    neither becomes a clip, and the reasons are in report.json's ``dropped``."""
+    folder = timbre_home / "voices" / "quiet"
+    folder.mkdir(parents=True)
+    _padded(espeak_wav, "The baker opened his shop before sunrise.", folder / "a.wav", 4.0)
+    espeak_wav("The fisherman mended his nets on the quay.", folder / "b.wav")
+
+    def fake(audio, backend=None, model=None, language=None, device=None, chunks=None, word_timestamps=True):
+        seconds = audio.size / transcribe.SAMPLE_RATE
+        if not word_timestamps:  # the checks: what each clip really says
+            return [Segment(a, b, " The fisherman mended his nets on the quay.", [], -0.2, 0.0) for a, b in chunks]
+        if seconds > 8.0:  # a.wav: words in the leading silence, and "You" over the speech
+            silent = Segment(0.3, 1.2, " Hello again.", [Word(0.3, 0.7, " Hello", 0.9), Word(0.8, 1.2, " again.", 0.9)])
+            you = Segment(4.2, 6.0, " You", [Word(4.2, 6.0, " You", 0.9)], -0.8, 0.2)
+            return [silent, you]
+        words = [
+            Word(0.1 + 0.3 * i, 0.35 + 0.3 * i, f" {w}", 0.9)
+            for i, w in enumerate("The fisherman mended his nets on the quay.".split())
+        ]
+        return [Segment(0.1, words[-1].end, " The fisherman mended his nets on the quay.", words, -0.2, 0.0)]
+
+    monkeypatch.setattr(transcribe, "transcribe", fake)
+    monkeypatch.setattr(transcribe, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(transcribe, "words_missing", lambda *a, **k: [])
+    report = prepare_dataset("quiet", whisper_model="tiny.en", log=lambda _: None)
+    assert {c.source for c in report.per_clip} == {"b.wav"}, (
+        [(c.start, c.end, c.text, c.rms_dbfs) for c in report.per_clip],
+        report.dropped,
+    )
+    reasons = [d["reason"] for d in report.dropped if d["file"] == "a.wav"]
+    assert any(r.startswith("silence: RMS") and "below the voice's median" in r for r in reasons), reasons
+    assert any("a phrase Whisper writes for silence" in r for r in reasons), reasons
