@@ -268,7 +268,7 @@ def prepare_stages() -> StageClock:
         (transcribe, "transcribe_spans", "verification (every clip again)"),
         (dataset, "plan_clips", "planning the cuts"),
         (dataset, "save_wav", "writing clips"),
-        (dataset, "_embedding", "speaker embeddings"),
+        (dataset, "_embeddings", "speaker embeddings"),
         (dataset, "_install", "installing wavs/, csv files, report.json"),
     ])  # fmt: skip
 

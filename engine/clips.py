@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.transcribe import Segment, Word
+from engine.transcribe import Segment, Word, gaps
 
 MIN_CLIP_SECONDS = 0.5
 """Shortest clip kept, in seconds: a short utterance such as "Hello world" (0.5–1 s) is still
@@ -90,7 +90,7 @@ def plan_clips(
     """
     duration = audio.numel() / sample_rate
     spans, dropped = _spans(segments, duration)
-    silences = _silences(speech, duration) if speech is not None else []
+    silences = gaps(0.0, duration, sorted(speech)) if speech is not None else []
     pauses = [_pause(spans[k], spans[k + 1], silences) for k in range(len(spans) - 1)]
 
     def length(i: int, j: int) -> float:  # seconds of spans[i:j] with padding
@@ -162,18 +162,6 @@ def _spans(segments, duration: float) -> tuple[list[_Span], list[dict]]:
                 rank = 1
             spans.append(_Span(start, end, word.text, segment.avg_logprob, rank))
     return spans, dropped
-
-
-def _silences(speech: list[tuple[float, float]], duration: float) -> list[tuple[float, float]]:
-    """The gaps between (and around) the VAD's speech regions, in seconds."""
-    gaps, previous = [], 0.0
-    for start, end in sorted(speech):
-        if start > previous:
-            gaps.append((previous, start))
-        previous = max(previous, end)
-    if duration > previous:
-        gaps.append((previous, duration))
-    return gaps
 
 
 def _pause(before: _Span, after: _Span, silences: list[tuple[float, float]]) -> tuple[float, float]:

@@ -31,19 +31,18 @@ import logging
 import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torchaudio.functional as AF
 
-from engine import dataset_edit, dataset_quality, languages, paths, scoring, transcribe
+from engine import dataset_checks, dataset_edit, languages, paths, transcribe
 from engine.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
@@ -57,7 +56,11 @@ from engine.audio import (
     write_bytes_atomic,
 )
 from engine.clips import PlannedClip, plan_clips
+from engine.dataset_checks import HALLUCINATIONS as HALLUCINATIONS  # re-exported: the checks' thresholds
+from engine.dataset_checks import MISMATCH_CER as MISMATCH_CER
+from engine.dataset_checks import SILENCE_BELOW_MEDIAN_DB as SILENCE_BELOW_MEDIAN_DB
 from engine.dataset_quality import clip_audio_stats, word_confidence
+from engine.dataset_records import ClipRecord, DatasetReport
 
 SAMPLE_RATE = 22_050
 """Clip sample rate in Hz: XTTS-v2's GPT/DVAE rate (``XttsAudioConfig.sample_rate``)."""
@@ -77,161 +80,11 @@ class DatasetError(ValueError):
         self.skipped = list(skipped or [])
 
 
-HALLUCINATIONS = frozenset(
-    {
-        "you", "thank you", "thanks for watching", "thank you for watching", "thank you very much",
-        "please subscribe", "subscribe to my channel", "bye", "so", "okay", "oh",
-        "subtitles by the amaraorg community", "transcription by castingwords",
-        "sous titrage st 501", "sous titres réalisés para la communauté damaraorg",
-        "merci davoir regardé", "untertitel der amaraorg community", "untertitel im auftrag des zdf",
-        "gracias por ver", "subtítulos realizados por la comunidad de amaraorg", "ご視聴ありがとうございました",
-    }
-)  # fmt: skip
-"""Texts Whisper writes for silence or noise (normalised by :func:`engine.scoring.normalise`
-with the basic normaliser): the "you" and "Thank you for watching" of YouTube subtitles, the
-credit lines of subtitle communities. Found in Whisper's issue tracker and in the Seed-TTS and
-WhisperX hallucination lists; a clip whose whole text is one of these is not kept."""
-
 DETECTABLE_LANGUAGES = [languages.to_whisper(code) for code in languages.CODES]
 """Auto-detection chooses among the 17 languages XTTS-v2 can learn (as Whisper codes): a
 voice in any other language cannot be trained, and on synthetic or accented speech Whisper's
 top guess is sometimes a language no one spoke (espeak-ng's French is heard as Thai by the
 base model, with French the likeliest of the 17)."""
-
-SILENCE_BELOW_MEDIAN_DB = 40.0
-"""A clip whose RMS level is more than this many dB below the voice's median speech level
-(the RMS of the speech regions the VAD found, after loudness normalisation) is silence (or
-breath, or hum), not speech, whatever Whisper wrote for it."""
-
-MISMATCH_CER = dataset_quality.MISMATCH_CER
-"""A clip whose text and an independent re-transcription of its audio differ by more than
-this character error rate (0.25) is flagged "text does not match audio" and left out of
-training until the user restores it (a sentence Whisper skipped or invented in the first pass
-gives CER 0.4–1; two decodes of the same clean clip usually differ by under 0.1)."""
-
-UNCOVERED_MIN_SECONDS = 0.3
-"""Stretches of detected speech shorter than this (seconds) that are in no clip are not
-listed in the coverage report: the VAD pads each region by 0.1 s and a clip keeps at most
-0.2 s of pause, so shorter leftovers are the edges of speech that is in a clip."""
-
-
-@dataclass
-class ClipRecord:
-    """One clip of report.json's ``per_clip``. Times and durations in seconds.
-
-    Made by prepare: ``audio_file`` (``"wavs/<stem>_NNNNN.wav"``), ``key``
-    (:func:`engine.dataset_edit.clip_key`), ``source`` (recording file name),
-    ``source_sha256``, ``start``/``end`` in the recording, ``duration``, ``text`` (trained on),
-    ``language`` (Whisper code of the recording), ``peak`` (0–1), ``peak_dbfs``,
-    ``rms_dbfs``, ``clipping`` (share of samples near full scale before normalisation),
-    ``leading_silence``/``trailing_silence``, Whisper's ``avg_logprob``,
-    ``min_word_probability`` and ``low_words`` (:mod:`engine.dataset_quality`);
-    ``verified_text`` (the clip re-transcribed on its own) and ``cer`` (character error rate
-    of ``text`` against it, :func:`engine.scoring.character_error_rate`); ``auto_excluded``
-    (the reason prepare left the clip out of training, e.g. "text does not match audio
-    (CER 0.47)", or None); ``speaker_similarity`` (cosine of the clip's speaker embedding to
-    the median one of the voice's other clips, None when unmeasured) and ``different_speaker``
-    (:func:`engine.speaker.speaker_outliers` flagged it).
-
-    Set by :func:`engine.dataset_edit.apply_edits`: ``split`` (``"train"``,
-    ``"validation"``, ``"excluded"``), ``whisper_text``, ``origin``, ``excluded`` and, after a
-    re-transcription of one clip, ``retranscription``.
-    """
-
-    audio_file: str
-    key: str
-    source: str
-    source_sha256: str
-    start: float
-    end: float
-    duration: float
-    text: str
-    split: str = "train"
-    language: str | None = None
-    peak: float | None = None
-    peak_dbfs: float | None = None
-    rms_dbfs: float | None = None
-    clipping: float | None = None
-    leading_silence: float | None = None
-    trailing_silence: float | None = None
-    avg_logprob: float | None = None
-    min_word_probability: float | None = None
-    low_words: list[str] = field(default_factory=list)
-    verified_text: str | None = None
-    cer: float | None = None
-    auto_excluded: str | None = None
-    speaker_similarity: float | None = None
-    different_speaker: bool | None = None
-    whisper_text: str | None = None
-    origin: str = "whisper"
-    excluded: bool = False
-    recorded_split: str | None = None
-    retranscription: dict | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ClipRecord:
-        """A record from a report.json entry; keys this version does not know are ignored
-        (``path``, added by :func:`engine.dataset_edit.list_clips`, for one)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class DatasetReport:
-    """What :func:`prepare_dataset` made; :meth:`to_dict` is ``report.json``.
-
-    Durations in seconds. ``clips`` counts every clip in ``wavs/``; ``train`` and
-    ``validation`` those in the csv files, ``excluded`` those left out (by the user, or by
-    prepare when a clip's text does not match its audio); ``total_seconds`` is the speech in
-    the csv files; ``edited`` counts clips whose text the user saved or had re-transcribed,
-    and ``unmatched_edits`` the edits whose clip is gone (:func:`engine.dataset_edit.summarise`).
-    ``skipped``: ``{"file", "reason"}`` per unusable recording. ``dropped``: ``{"file",
-    "start", "end", "text", "reason"}`` per stretch of a usable recording that made no clip
-    (too short, no usable text, silence, a known Whisper hallucination).
-    ``language``: the Whisper code of the language most of the audio is in (the one asked
-    for, or the one Whisper detected per recording when ``requested_language`` is
-    ``"auto"``); ``languages``: ``{file: code}``. ``coverage``: ``speech_seconds`` (what the
-    VAD found), ``clip_seconds`` (of that speech, how much is in a kept clip), ``share``,
-    and ``uncovered``: ``{"file", "start", "end", "seconds", "reason"}`` per stretch of
-    speech in no clip. ``verification``: how clips were checked (model, CER threshold,
-    ``mismatched`` count). ``per_clip``: one :class:`ClipRecord` per clip.
-    """
-
-    voice: str
-    clips: int
-    train: int
-    validation: int
-    excluded: int
-    edited: int
-    unmatched_edits: int
-    total_seconds: float
-    audio_seconds: float
-    recordings: int
-    transcribed: int
-    reused: int
-    skipped: list[dict]
-    dropped: list[dict]
-    backend: str
-    model: str
-    language: str | None
-    sample_rate: int
-    validation_fraction: float
-    seed: int
-    seconds_taken: float
-    transcription_seconds: float
-    created: str
-    requested_language: str = "auto"
-    languages: dict[str, str] = field(default_factory=dict)
-    coverage: dict = field(default_factory=dict)
-    verification: dict = field(default_factory=dict)
-    speaker: dict = field(default_factory=dict)
-    per_clip: list[ClipRecord] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def prepare_dataset(
@@ -454,9 +307,9 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
             counts["audio"] += audio.numel() / SAMPLE_RATE
             speech[path.name], languages[path.name] = details["speech"], details["language"]
             raw, audio = audio, loudness_normalise(audio)
-            speech_levels += _speech_levels(audio, details["speech"])
+            speech_levels += dataset_checks.speech_levels(audio, details["speech"], SAMPLE_RATE)
             planned, file_dropped = plan_clips(segments, audio, SAMPLE_RATE, speech=details["speech"])
-            planned, hallucinated = _drop_hallucinations(planned)
+            planned, hallucinated = dataset_checks.drop_hallucinations(planned)
             dropped += [{"file": path.name, **item} for item in file_dropped + hallucinated]
             meter.update("verifying", 0.8)
             verified = _verify(audio_16k, planned, whisper, details["language"], cache, key)
@@ -468,7 +321,7 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
                 save_wav(staging / name, audio[stretch], SAMPLE_RATE)
                 record = _clip_record(name, path, hashes[path], clip, audio[stretch], raw[stretch], segments)
                 record.language = details["language"]
-                _check_text(record, heard)
+                dataset_checks.check_text(record, heard)
                 clips.append(record)
                 embeddings[record.audio_file] = vector
             if not planned:
@@ -476,9 +329,14 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
                 skipped.append(_skip(path, "no usable clip: " + "; ".join(reasons), log))
             meter.end(path)
         progress(1.0, "writing the dataset")
-        clips, silent = _drop_silent(clips, staging, speech_levels)
+        kept, silent = dataset_checks.drop_silent(clips, speech_levels)
+        kept_ids = {id(clip) for clip in kept}
+        for clip in clips:
+            if id(clip) not in kept_ids:  # silence: its wav goes too
+                (staging / Path(clip.audio_file).name).unlink(missing_ok=True)
+        clips = kept
         dropped += silent
-        speaker = _check_speakers(clips, embeddings)
+        speaker = dataset_checks.check_speakers(clips, embeddings)
         if not clips:
             lines = [f"no clips could be made from the recordings in {paths.voice_dir(voice)}:"]
             lines += [f"  {entry['file']}: {entry['reason']}" for entry in skipped]
@@ -497,10 +355,10 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
             dropped=dropped,
             backend=whisper.backend,
             model=whisper.model,
-            language=_majority(languages, speech) or whisper.language,
+            language=dataset_checks.majority_language(languages, speech) or whisper.language,
             requested_language=whisper.language or "auto",
             languages=languages,
-            coverage=_coverage(speech, clips, dropped),
+            coverage=dataset_checks.coverage(speech, clips, dropped),
             verification={"cer_threshold": MISMATCH_CER, "mismatched": mismatched, "model": whisper.model},
             speaker=speaker,
             sample_rate=SAMPLE_RATE,
@@ -581,7 +439,7 @@ def _check_language_code(language: str | None) -> str | None:
     from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
     code = str(language).strip().lower()
-    code = {"zh-cn": "zh"}.get(code, TO_LANGUAGE_CODE.get(code, code))
+    code = languages.to_whisper(TO_LANGUAGE_CODE.get(code, code))
     if code not in LANGUAGES:
         raise transcribe.TranscriptionError(
             f"language {language!r} is not one Whisper knows; use a code such as en, es, fr or auto"
@@ -590,17 +448,17 @@ def _check_language_code(language: str | None) -> str | None:
 
 
 class _Progress:
-    """Turns per-file stages into ``progress(fraction of all seconds of audio, description)``."""
+    """Turns per-file stages into ``progress(fraction done, description)``: in seconds of
+    audio, or in files when the length of a recording is unknown."""
 
     def __init__(self, progress: Progress, durations: dict[Path, float | None]):
+        known = all(durations.values())
         self.progress = progress
-        self.durations = {path: seconds or 0.0 for path, seconds in durations.items()}
-        self.total = sum(self.durations.values()) or float(len(durations))
+        self.seconds = {path: (seconds if known else 1.0) for path, seconds in durations.items()}
+        self.unit = "s of audio" if known else "files"
+        self.total = sum(self.seconds.values()) or 1.0
         self.done = 0.0
         self.path: Path | None = None
-
-    def _seconds(self, path: Path) -> float:
-        return self.durations[path] if sum(self.durations.values()) else 1.0
 
     def begin(self, path: Path) -> None:
         self.path = path
@@ -608,25 +466,13 @@ class _Progress:
 
     def update(self, stage: str, share: float) -> None:
         """``share`` (0–1) of the current file is done; ``stage`` names what runs now."""
-        done = self.done + share * self._seconds(self.path)
-        total = sum(self.durations.values())
-        amount = f"{done:.0f} of {total:.0f} s of audio" if total else f"file {done:.1f} of {self.total:.0f}"
-        self.progress(min(done / self.total, 1.0), f"{stage} {self.path.name} ({amount})")
+        done = self.done + share * self.seconds[self.path]
+        self.progress(
+            min(done / self.total, 1.0), f"{stage} {self.path.name} ({done:.0f} of {self.total:.0f} {self.unit})"
+        )
 
     def end(self, path: Path) -> None:
-        self.done += self._seconds(path)
-
-
-class _Unusable(Exception):
-    """A recording to skip; the message is the reason."""
-
-
-@dataclass(frozen=True)
-class _Whisper:
-    backend: str
-    model: str
-    language: str | None
-    device: str
+        self.done += self.seconds[path]
 
 
 def _transcript(path, audio_16k, whisper: _Whisper, cache, key: str, counts: dict, meter: _Progress):
@@ -690,193 +536,43 @@ def _recover_missed_speech(audio_16k, segments, speech, whisper: _Whisper, langu
 def _verify(audio_16k, planned: list[PlannedClip], whisper: _Whisper, language: str, cache, key: str) -> list[str]:
     """Each planned clip transcribed again on its own (one batched pass), from the cache
     when the same clip of the same recording was checked before with the same settings."""
-    entry = cache.entries.get(key, {})
-    known = dict(entry.get("verified") or {})
     spans = [(clip.start, clip.end) for clip in planned]
-    names = [f"{start:.3f}:{end:.3f}" for start, end in spans]
-    missing = [i for i, name in enumerate(names) if name not in known]
-    if missing:
+
+    def check(missing: list[int]) -> list[str]:
         _load_whisper(whisper.backend, whisper.model, whisper.device)
-        texts = transcribe.transcribe_spans(
-            audio_16k, [spans[i] for i in missing], whisper.backend, whisper.model, language, whisper.device
-        )
-        known.update({names[i]: text for i, text in zip(missing, texts, strict=True)})
-        if key in cache.entries:
-            cache.entries[key]["verified"] = {name: known[name] for name in names}
-            cache.save()
-    return [known[name] for name in names]
+        chosen = [spans[i] for i in missing]
+        return transcribe.transcribe_spans(audio_16k, chosen, whisper.backend, whisper.model, language, whisper.device)
 
-
-def _check_text(record: ClipRecord, heard: str) -> None:
-    """Record the re-transcription and its CER; leave the clip out of training when the two
-    disagree by more than :data:`MISMATCH_CER`."""
-    record.verified_text = dataset_edit.clean_text(heard)
-    record.cer = round(scoring.character_error_rate(record.text, heard, record.language), 4)
-    if record.cer > MISMATCH_CER:
-        record.auto_excluded = f"text does not match audio (CER {record.cer:.2f})"
-
-
-def _drop_hallucinations(planned: list[PlannedClip]) -> tuple[list[PlannedClip], list[dict]]:
-    """Planned clips whose whole text is a known silence phrase (:data:`HALLUCINATIONS`) go."""
-    kept, dropped = [], []
-    for clip in planned:
-        said = scoring.normalise(clip.text, language=None).replace(".", "")
-        if said in HALLUCINATIONS:
-            reason = f"a phrase Whisper writes for silence or noise ({clip.text.strip()!r})"
-            dropped.append(
-                {"start": round(clip.start, 3), "end": round(clip.end, 3), "text": clip.text, "reason": reason}
-            )
-        else:
-            kept.append(clip)
-    return kept, dropped
-
-
-def _speech_levels(audio, speech: list) -> list[float]:
-    """RMS level (dBFS) of each speech region the VAD found in ``audio`` (22 050 Hz)."""
-    levels = []
-    for start, end in speech:
-        level = rms_dbfs(audio[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)])
-        if level > -120.0:
-            levels.append(level)
-    return levels
-
-
-def _drop_silent(
-    clips: list[ClipRecord], staging: Path, speech_levels: list[float]
-) -> tuple[list[ClipRecord], list[dict]]:
-    """Clips more than :data:`SILENCE_BELOW_MEDIAN_DB` below the voice's median level are
-    removed (their wav too); returns the rest and a ``dropped`` entry for each. The voice's
-    level is the median RMS of the speech regions the VAD found (speech by definition, so a
-    handful of silent clips cannot drag it down), else of the clips."""
-    levels = speech_levels or [clip.rms_dbfs for clip in clips if clip.rms_dbfs is not None]
-    if not levels:
-        return clips, []
-    median = statistics.median(levels)
-    kept, dropped = [], []
-    for clip in clips:
-        if clip.rms_dbfs is not None and clip.rms_dbfs < median - SILENCE_BELOW_MEDIAN_DB:
-            (staging / Path(clip.audio_file).name).unlink(missing_ok=True)
-            reason = f"silence: RMS {clip.rms_dbfs:.0f} dBFS, {median - clip.rms_dbfs:.0f} dB below the voice's median"
-            dropped.append(
-                {"file": clip.source, "start": clip.start, "end": clip.end, "text": clip.text, "reason": reason}
-            )
-        else:
-            kept.append(clip)
-    return kept, dropped
+    return cache.per_clip(key, "verified", _clip_names(planned), check)
 
 
 def _embeddings(audio_16k: np.ndarray, planned: list[PlannedClip], cache, key: str) -> list:
     """Each planned clip's speaker embedding (:func:`engine.speaker.embed`, a ``(256,)``
-    array), None where it cannot be made (too short, silent, no encoder); kept in the
-    transcript cache beside the checks, so a re-run embeds only new clips."""
-    entry = cache.entries.get(key, {})
-    known = dict(entry.get("embeddings") or {})
-    names = [f"{clip.start:.3f}:{clip.end:.3f}" for clip in planned]
-    missing = [i for i, name in enumerate(names) if name not in known]
-    if missing:
-        try:
-            from engine import speaker
-        except ImportError:
-            return [None] * len(planned)
-        for i in missing:
-            first, last = (
-                round(planned[i].start * transcribe.SAMPLE_RATE),
-                round(planned[i].end * transcribe.SAMPLE_RATE),
-            )
-            try:
-                known[names[i]] = [round(float(x), 5) for x in speaker.embed(audio_16k[first:last])]
-            except ValueError:  # too short or silent: no embedding, remembered as such
-                known[names[i]] = None
-            except (ImportError, OSError):  # resemblyzer missing or broken: nothing to remember
-                return [None] * len(planned)
-        if key in cache.entries:
-            cache.entries[key]["embeddings"] = {name: known[name] for name in names}
-            cache.save()
-    return [None if known[name] is None else np.asarray(known[name], dtype=np.float32) for name in names]
+    array), None where it cannot be made (too short or silent: remembered as such; no
+    encoder installed: not remembered); kept in the transcript cache beside the checks."""
 
-
-def _check_speakers(clips: list[ClipRecord], embeddings: dict) -> dict:
-    """Set each clip's ``speaker_similarity`` (to the median embedding of the voice's *other*
-    clips, :func:`engine.speaker.speaker_similarities`) and ``different_speaker``
-    (:func:`engine.speaker.speaker_outliers`: below the measured threshold and well below the
-    voice's usual similarity); returns report.json's ``speaker``."""
-    try:
+    def embed(missing: list[int]) -> list:
         from engine import speaker
-    except ImportError as error:
-        return {"measured": False, "reason": f"speaker embeddings unavailable ({error})"}
-    measured = [clip for clip in clips if embeddings.get(clip.audio_file) is not None]
-    if len(measured) < 2:
-        return {"measured": False, "reason": "fewer than two clips long enough to compare"}
-    stack = np.stack([embeddings[clip.audio_file] for clip in measured])
-    similarities = speaker.speaker_similarities(stack)
-    outliers = set(speaker.speaker_outliers(stack))
-    for index, clip in enumerate(measured):
-        clip.speaker_similarity = round(float(similarities[index]), 4)
-        clip.different_speaker = index in outliers
-    return {
-        "measured": True,
-        "model": "Resemblyzer GE2E (resemblyzer 0.1.4)",
-        "threshold": speaker.SAME_SPEAKER_THRESHOLD,
-        "clips": len(measured),
-        "different_speaker": len(outliers),
-    }
+
+        vectors = []
+        for i in missing:
+            first, last = (round(t * transcribe.SAMPLE_RATE) for t in (planned[i].start, planned[i].end))
+            try:
+                vectors.append([round(float(x), 5) for x in speaker.embed(audio_16k[first:last])])
+            except ValueError:  # too short or silent
+                vectors.append(None)
+        return vectors
+
+    try:
+        stored = cache.per_clip(key, "embeddings", _clip_names(planned), embed)
+    except (ImportError, OSError):  # resemblyzer missing or broken
+        return [None] * len(planned)
+    return [None if vector is None else np.asarray(vector, dtype=np.float32) for vector in stored]
 
 
-def _majority(languages: dict[str, str], speech: dict[str, list]) -> str | None:
-    """The language with the most seconds of detected speech (ties: alphabetical)."""
-    seconds: dict[str, float] = {}
-    for name, code in languages.items():
-        seconds[code] = seconds.get(code, 0.0) + sum(end - start for start, end in speech.get(name, []))
-    return min(seconds, key=lambda code: (-seconds[code], code)) if seconds else None
-
-
-def _coverage(speech: dict[str, list], clips: list[ClipRecord], dropped: list[dict]) -> dict:
-    """How much of the detected speech is in a clip, and where the rest went."""
-    total = covered = 0.0
-    uncovered = []
-    for name, regions in speech.items():
-        spans = sorted((c.start, c.end) for c in clips if c.source == name)
-        for start, end in regions:
-            total += end - start
-            inside = sum(max(0.0, min(end, b) - max(start, a)) for a, b in spans)
-            covered += inside
-            for a, b in _gaps(start, end, spans):
-                if b - a >= UNCOVERED_MIN_SECONDS:
-                    reason = _why_uncovered(name, a, b, dropped)
-                    uncovered.append({"file": name, "start": round(a, 3), "end": round(b, 3),
-                                      "seconds": round(b - a, 3), "reason": reason})  # fmt: skip
-    return {
-        "speech_seconds": round(total, 3),
-        "clip_seconds": round(covered, 3),
-        "share": round(covered / total, 4) if total else None,
-        "uncovered": uncovered,
-    }
-
-
-def _gaps(start: float, end: float, spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The parts of ``[start, end]`` outside every span (spans sorted by start)."""
-    gaps, position = [], start
-    for a, b in spans:
-        if b <= position or a >= end:
-            continue
-        if a > position:
-            gaps.append((position, a))
-        position = max(position, b)
-    if position < end:
-        gaps.append((position, end))
-    return gaps
-
-
-def _why_uncovered(name: str, start: float, end: float, dropped: list[dict]) -> str:
-    """The reason of the dropped stretch that overlaps ``[start, end]`` most, else a default."""
-    best, overlap = None, 0.0
-    for item in dropped:
-        if item.get("file") != name or "start" not in item:
-            continue
-        shared = min(end, item["end"]) - max(start, item["start"])
-        if shared > overlap:
-            best, overlap = item["reason"], shared
-    return best or "Whisper wrote no words for this speech (noise, laughter, or a language it did not expect)"
+def _clip_names(planned: list[PlannedClip]) -> list[str]:
+    """A clip's name in the transcript cache: ``"<start>:<end>"`` in its recording."""
+    return [f"{clip.start:.3f}:{clip.end:.3f}" for clip in planned]
 
 
 def _find_recordings(source_dir: Path, log) -> tuple[list[Path], list[dict]]:

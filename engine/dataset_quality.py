@@ -48,7 +48,7 @@ LOW_WORD_PROBABILITY = 0.5
 MISMATCH_CER = 0.25
 """A clip is flagged "text does not match audio" when the character error rate between its
 text and an independent re-transcription of its audio is above this (prepare also leaves such
-a clip out of training until the user restores it: ``engine.dataset.MISMATCH_CER``)."""
+a clip out of training until the user restores it: ``engine.dataset_checks.MISMATCH_CER``)."""
 
 SPEAKER_SIMILARITY = 0.75
 """A clip is flagged "different speaker?" when prepare found it an outlier

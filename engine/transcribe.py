@@ -338,6 +338,21 @@ def transcribe_spans(
     return [" ".join(" ".join(parts).split()) for parts in texts]
 
 
+def gaps(start: float, end: float, spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The parts of ``[start, end]`` (seconds) outside every span of ``spans`` (sorted by
+    start; they may overlap), in order."""
+    found, position = [], start
+    for a, b in spans:
+        if b <= position or a >= end:
+            continue
+        if a > position:
+            found.append((position, a))
+        position = max(position, b)
+    if position < end:
+        found.append((position, end))
+    return found
+
+
 def words_missing(
     segments: list[Segment], speech: list[tuple[float, float]], min_seconds: float = MIN_MISSED_SECONDS
 ) -> list[tuple[float, float]]:
@@ -346,17 +361,7 @@ def words_missing(
     allows: where the first pass heard nothing although someone spoke. A word covers its
     times widened by 0.2 s (Whisper's word times can be that far off)."""
     words = sorted((w.start - 0.2, w.end + 0.2) for s in segments for w in (s.words or [Word(s.start, s.end, "", 0)]))
-    missing = []
-    for start, end in speech:
-        position = start
-        for a, b in words:
-            if b <= position or a >= end:
-                continue
-            if a - position >= min_seconds:
-                missing.append((position, a))
-            position = max(position, b)
-        if end - position >= min_seconds:
-            missing.append((position, end))
+    missing = [gap for start, end in speech for gap in gaps(start, end, words) if gap[1] - gap[0] >= min_seconds]
     return [(round(max(a, 0.0), 3), round(b, 3)) for a, b in missing]
 
 
@@ -561,6 +566,22 @@ class TranscriptCache:
         """Store ``segments`` (and ``details``) under ``key`` and save the file."""
         self.entries[key] = {**details, "segments": [asdict(s) for s in segments]}
         self.save()
+
+    def per_clip(self, key: str, field: str, names: list[str], compute) -> list:
+        """Per-clip results kept in the entry ``key`` under ``field`` (e.g. the checks'
+        re-transcriptions), for the clips ``names`` (``"<start>:<end>"``): the stored ones as
+        they are, the others from ``compute(indices of the missing names)`` (a list of
+        JSON-serialisable values, in that order), then stored and the file saved. Only the
+        ``names`` asked for are kept, so clips that are gone are forgotten. Exceptions of
+        ``compute`` propagate and nothing is stored."""
+        known = dict(self.entries.get(key, {}).get(field) or {})
+        missing = [i for i, name in enumerate(names) if name not in known]
+        if missing:
+            known.update(zip([names[i] for i in missing], compute(missing), strict=True))
+            if key in self.entries:
+                self.entries[key][field] = {name: known[name] for name in names}
+                self.save()
+        return [known[name] for name in names]
 
     def keep_only(self, sha256s: set[str]) -> None:
         """Forget entries of recordings not in ``sha256s`` (deleted files); saved on next put."""
