@@ -183,7 +183,16 @@ def _run(args) -> int:
             if isinstance(config.gpus, list):
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
             return subprocess.run(training_argv(config, args.config.resolve()), env=env).returncode
-        return train(args.config)
+        code = train(args.config)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A torchrun worker whose run is saved and whose process group is destroyed: leave
+            # without the interpreter's teardown. gloo's threads could still abort it there
+            # ("terminate called without an active exception", 1 run in CI even after the
+            # barrier), which torchrun reports as a failed job although nothing was lost.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     if args.command == "generate":
         from engine.generate import GenerationSettings, default_language, generate_speech
 
