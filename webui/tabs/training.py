@@ -221,12 +221,27 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         return gr.Dropdown(choices=run_names, value=run), run or truns.suggest_run_name(voice)
 
     def new_run_form(voice) -> list:
-        """A new run of ``voice``: the form keeps its values but takes the dataset's language."""
-        return [tform.default_language(voice) if name == "language" else gr.skip() for name in form]
+        """A new run of ``voice``: the form keeps its values but takes the dataset's language
+        and that language's evaluation sentences."""
+        language = tform.default_language(voice)
+        fresh = {"language": language, "eval_sentences": tform.default_eval_sentences(voice, language)}
+        return [fresh.get(name, gr.skip()) for name in form]
 
-    def on_voice(voice):
+    def sentences_for(voice, language, sentences):
+        """The defaults of ``language`` unless the box holds sentences of the user's own."""
+        if not tform.stock_sentences(sentences):
+            return gr.skip()
+        return tform.default_eval_sentences(voice, language)
+
+    def on_voice(voice, sentences=None):
         with engine_errors("Listing runs"):
-            return *select_voice(voice), gr.Dropdown(value=[]), tform.default_language(voice)
+            language = tform.default_language(voice)
+            return (
+                *select_voice(voice), gr.Dropdown(value=[]), sentences_for(voice, language, sentences), language
+            )  # fmt: skip
+
+    def on_language(voice, language, sentences):
+        return sentences_for(voice, language, sentences)
 
     def on_run(voice, run):
         with engine_errors("Opening the run"):
@@ -317,7 +332,14 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     for event in (ctx.blocks.load, ui["tab"].select):
         event(on_show, [ui["voice"], ui["run_name"]], shown, show_progress="hidden")
         event(on_suggest, config_inputs, ui["suggestion"], show_progress="hidden")
-    ui["voice"].input(on_voice, ui["voice"], [ui["runs"], ui["run_name"], ui["compare"], form["language"]])
+    ui["voice"].input(
+        on_voice, [ui["voice"], form["eval_sentences"]],
+        [ui["runs"], ui["run_name"], ui["compare"], form["eval_sentences"], form["language"]],
+    )  # fmt: skip
+    form["language"].input(
+        on_language, [ui["voice"], form["language"], form["eval_sentences"]], form["eval_sentences"],
+        show_progress="hidden",
+    )  # fmt: skip
     ui["runs"].input(on_run, [ui["voice"], ui["runs"]], [ui["run_name"], *form_list])
     ui["run_table"].select(on_table_select, ui["voice"], [ui["runs"], ui["run_name"], *form_list])
     changes = [ui["run_name"].change, ui["voice"].change, ui["compare"].change, ui["axis"].change]

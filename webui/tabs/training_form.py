@@ -1,7 +1,10 @@
 """Training tab, part 1: the configuration form, its YAML preview and its checks.
 
 The form is generated from ``TrainConfig``: one component per field (defaults from the
-dataclass, help text from ``FIELD_HELP``), grouped in :data:`SECTIONS`. :func:`form_to_config`
+dataclass, help text from ``FIELD_HELP``), grouped in :data:`SECTIONS`. The evaluation
+sentences are one per line; a voice's language fills in its defaults
+(:func:`engine.eval_sentences.default_sentences`, none from the dataset's text) while the box
+still holds stock sentences, never over the user's own. :func:`form_to_config`
 builds the dataclass from the form's values; its ``__post_init__`` refuses invalid values and
 :func:`engine.config.check_against_dataset` warns about valid but doubtful ones. The batch
 suggestion comes from :mod:`engine.hardware` (the GPU memory found, or none).
@@ -10,11 +13,12 @@ suggestion comes from :mod:`engine.hardware` (the GPU memory found, or none).
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 
 import gradio as gr
 
-from engine import hardware, languages, paths
+from engine import eval_sentences, hardware, languages, paths
 from engine.config import (
     FIELD_HELP,
     FREEZE_GROUPS,
@@ -23,6 +27,7 @@ from engine.config import (
     TrainConfig,
     check_against_dataset,
     count_dataset_clips,
+    dataset_texts,
 )
 from webui.tabs import TabContext
 
@@ -34,10 +39,18 @@ SECTIONS = (
     ("Validation and checkpoints", ("validate_every", "save_every", "keep_checkpoints"), False),
     ("Data", ("language", "max_text_tokens", "min_audio_seconds", "max_audio_seconds", "seed"), False),
     ("Model", ("base_model", "init_weights"), False),
+    ("Checkpoint evaluation", ("evaluate", "eval_seed", "eval_backend", "eval_whisper_model", "eval_sentences"), True),
 )
 #: Fields set by the voice and run selectors above the form.
 SELECTOR_FIELDS = ("voice", "run")
-LABELS = {"gpus": "GPUs", "max_steps": "Max steps", "init_weights": "Start from weights"}
+LABELS = {
+    "gpus": "GPUs", "max_steps": "Max steps", "init_weights": "Start from weights",
+    "evaluate": "Evaluate checkpoints", "eval_sentences": "Evaluation sentences", "eval_seed": "Evaluation seed",
+    "eval_backend": "Evaluation Whisper backend", "eval_whisper_model": "Evaluation Whisper model",
+}  # fmt: skip
+#: Whisper backends of the evaluation ("" = the one the voice's dataset was prepared with).
+EVAL_BACKENDS = [("the dataset's", ""), ("faster-whisper", "faster-whisper"), ("openai-whisper", "openai-whisper")]
+_SENTENCE_ITEM = re.compile(r"^eval_sentences\[(\d+)\]")
 
 
 def form_fields() -> list[dataclasses.Field]:
@@ -59,9 +72,12 @@ def _hint(name: str):
 
 
 def to_form_value(name: str, value):
-    """A TrainConfig value as its form component shows it (lists become comma-separated text)."""
+    """A TrainConfig value as its form component shows it (lists become comma-separated text,
+    the evaluation sentences one per line)."""
     if name == "freeze":
         return list(value)
+    if name == "eval_sentences":
+        return "\n".join(value)
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return value
@@ -71,6 +87,10 @@ def _parse(name: str, value):
     hint = _hint(name)
     if name == "freeze":
         return list(value or [])
+    if hint is bool:
+        return bool(value)
+    if name == "eval_sentences":
+        return sentence_lines(value)
     if hint in (int, float):
         if value is None or value == "":
             raise ConfigError(f"{name}: required")
@@ -94,10 +114,44 @@ def _parse(name: str, value):
     return numbers[0] if len(numbers) == 1 and "," not in text else numbers
 
 
+def sentence_lines(text) -> list[str]:
+    """The evaluation sentences of the text box: one per non-blank line, stripped."""
+    return [line.strip() for line in str(text or "").splitlines() if line.strip()]
+
+
 def form_to_config(form: dict, voice: str | None, run: str | None) -> TrainConfig:
-    """Build the TrainConfig of the form's values; raises ConfigError naming the bad field."""
+    """Build the TrainConfig of the form's values; raises ConfigError naming the bad field
+    (for an evaluation sentence, also its line in the box)."""
     values = {f.name: _parse(f.name, form[f.name]) for f in form_fields() if f.name in form}
-    return TrainConfig(voice=(voice or "").strip(), run=(run or "").strip(), **values)
+    try:
+        return TrainConfig(voice=(voice or "").strip(), run=(run or "").strip(), **values)
+    except ConfigError as exc:
+        item = _SENTENCE_ITEM.match(str(exc))
+        if item is None:
+            raise
+        numbers = [n for n, line in enumerate(str(form.get("eval_sentences") or "").splitlines(), 1) if line.strip()]
+        line = numbers[int(item.group(1))] if int(item.group(1)) < len(numbers) else None
+        raise ConfigError(f"{exc} (line {line} of the evaluation sentences)" if line else str(exc)) from None
+
+
+def default_eval_sentences(voice: str | None, language: str | None) -> str:
+    """The default evaluation sentences of ``language`` none of which is in ``voice``'s dataset
+    text, one per line ("" for a language without sentences)."""
+    try:
+        texts = [text for _, text in dataset_texts(paths.dataset_dir(voice))] if voice else []
+    except paths.InvalidNameError:
+        texts = []
+    try:
+        return "\n".join(eval_sentences.default_sentences(language or languages.DEFAULT_LANGUAGE, exclude=texts))
+    except ValueError:
+        return ""
+
+
+def stock_sentences(text) -> bool:
+    """Whether the box holds no sentence of the user's own: empty, or only built-in sentences
+    (of any language), so a new voice or language may replace them with its defaults."""
+    stock = {sentence for sentences in eval_sentences.SENTENCES.values() for sentence in sentences}
+    return all(line in stock for line in sentence_lines(text))
 
 
 def yaml_preview(form: dict, voice: str | None, run: str | None) -> str:
@@ -177,6 +231,13 @@ def field_component(field: dataclasses.Field, ctx: TabContext):
     common["min_width"] = 200
     if name == "precision":
         return gr.Dropdown(list(PRECISIONS), value=default, **common)
+    if hint is bool:
+        return gr.Checkbox(value=default, **common)
+    if name == "eval_backend":
+        return gr.Dropdown(EVAL_BACKENDS, value=default, **common)
+    if name == "eval_sentences":
+        common["info"] = f"{common['info']} One sentence per line."
+        return gr.Textbox(value=default, lines=8, max_lines=20, scale=4, **common)
     if name == "freeze":
         return gr.CheckboxGroup(list(FREEZE_GROUPS), value=default, **common)
     if name == "language":
