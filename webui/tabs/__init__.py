@@ -38,11 +38,13 @@ ENGINE_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
 @dataclass
 class TabContext:
     """What ``build()`` gets: the Blocks being built (for ``load`` events), the settings, and
-    the models the app keeps loaded between requests (the Generate tab's synthesizer)."""
+    the models the app keeps loaded between requests (the Generate tab's synthesizer and the
+    scorer that ranks its candidates)."""
 
     blocks: gr.Blocks
     settings: AppSettings = field(default_factory=AppSettings)
     synthesizer: Any = None
+    scorer: Any = None
 
     def save_settings(self) -> None:
         """Keep the settings for the next start (settings.json in the data folder)."""
@@ -56,6 +58,7 @@ class TabContext:
         from engine import transcribe
 
         self.synthesizer = None
+        self.scorer = None
         transcribe.unload_models()
         gc.collect()
 

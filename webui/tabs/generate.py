@@ -20,13 +20,27 @@ import numpy as np
 
 from engine import generate, languages, paths
 from engine.models import OUTPUT_SAMPLE_RATE
-from webui.tabs import LogLines, TabContext, engine_errors, named, pick, progress_callable, voice_dropdown
+from webui.tabs import (
+    ENGINE_ERRORS,
+    LogLines,
+    TabContext,
+    browser_text,
+    engine_errors,
+    named,
+    pick,
+    progress_callable,
+    voice_dropdown,
+)
 from webui.tabs import generate_export as gexport
 from webui.tabs import generate_form as gform
 from webui.tabs import generate_history as ghistory
-from webui.tabs.generate_form import LATEST
+from webui.tabs.generate_form import LATEST, checkpoint_labels
 
 STREAM_HELP = "Play the first candidate while it is being spoken (needs ffmpeg on the server)."
+RANK_HELP = (
+    "With several candidates: transcribe each with Whisper and compare it with the voice's dataset, then show "
+    "them best first (understood first, then the closest voice by SECS) with their CER and SECS."
+)
 NO_FFMPEG = "Streaming needs the ffmpeg program on the server (Gradio encodes the stream with it); it is not installed."
 
 
@@ -106,6 +120,9 @@ def build(ctx: TabContext) -> dict:
                 label="Stream", value=False, interactive=streamable, info=STREAM_HELP if streamable else NO_FFMPEG,
                 elem_id="generate-stream-toggle",
             )  # fmt: skip
+            ui["rank"] = gr.Checkbox(
+                label="Rank candidates by score (best of N)", value=False, info=RANK_HELP, elem_id="generate-rank"
+            )
             ui["generate"] = gr.Button("Generate", variant="primary", scale=0, min_width=160, elem_id="generate-button")
         with gr.Accordion("Sampling", open=False):
             with gr.Row():
@@ -146,17 +163,44 @@ def _setting_component(ui: dict, f, value, info: str | None) -> None:
         ui["settings"][f.name] = gr.Number(min_width=220, **common)
 
 
-def player_updates(paths: list) -> list:
-    """One update per candidate player: the output with its seed in the label, or hidden."""
+def _score_label(row: dict) -> str:
+    secs = "–" if row.get("secs") is None else f"{row['secs']:.3f}"
+    flags = "".join(f" · ⚠ {flag}" for flag in row.get("flags") or [])
+    return f" · CER {row.get('cer', 0):.3f} · SECS {secs}{flags}"
+
+
+def player_updates(paths: list, ranked: list[dict] | None = None) -> list:
+    """One update per candidate player: the output with its seed in the label, or hidden.
+    With ``ranked`` (:func:`gform.rank_outputs`, best first) the players follow its order and
+    their labels give the rank, CER and SECS."""
+    scores = {}
+    if ranked:
+        scores = {row["path"]: row for row in ranked}
+        paths = [next(p for p in paths if str(p) == row["path"]) for row in ranked]
     updates = []
     for i in range(gform.MAX_CANDIDATES):
         if i < len(paths):
             seed = (generate.read_output(paths[i].parent.name, paths[i].name).get("settings") or {}).get("seed")
             label = f"Candidate {i + 1} · seed {seed}" if len(paths) > 1 else f"Speech · seed {seed}"
+            if str(paths[i]) in scores:
+                label = f"#{i + 1} of {len(paths)} · seed {seed}" + _score_label(scores[str(paths[i])])
             updates.append(gr.Audio(value=str(paths[i]), label=label, visible=True))
         else:
             updates.append(gr.Audio(value=None, visible=i == 0))
     return updates
+
+
+def rank_if_asked(ctx: TabContext, values: dict, paths: list, log) -> list[dict] | None:
+    """The candidates ranked best first when the form asks for it and there are several; a
+    voice that cannot be scored (no dataset, an English-only Whisper model) warns and leaves
+    them unranked rather than losing the speech just made."""
+    if not values.get("rank") or len(paths) < 2:
+        return None
+    try:
+        return gform.rank_outputs(ctx, values, paths, log=log)
+    except ENGINE_ERRORS as exc:
+        gr.Warning(browser_text(f"Candidates not ranked: {exc}"))
+        return None
 
 
 def _wire(ctx: TabContext, ui: dict) -> None:
@@ -174,7 +218,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         kept = [r for r in references or [] if r in {ref_id for _, ref_id in refs}]
         return [
             gr.Dropdown(choices=choices, value=run),
-            gr.Dropdown(choices=checkpoints, value=pick(checkpoints, checkpoint)),
+            gr.Dropdown(choices=checkpoint_labels(voice, run), value=pick(checkpoints, checkpoint)),
             gr.Dropdown(choices=refs, value=kept, info=gform.references_info(voice)),
             language if language in languages.CODES else generate.default_language(voice, run),
             ghistory.outputs_table(voice),
@@ -193,7 +237,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
 
     def on_run(voice, run):
         with engine_errors("Listing checkpoints"):
-            checkpoints = gr.Dropdown(choices=gform.checkpoint_choices(voice, run), value=LATEST)
+            checkpoints = gr.Dropdown(choices=checkpoint_labels(voice, run), value=LATEST)
             return checkpoints, generate.default_language(voice, run)
 
     def on_generate(values, progress=gr.Progress()):  # noqa: B008 (Gradio's documented pattern)
@@ -206,7 +250,9 @@ def _wire(ctx: TabContext, ui: dict) -> None:
             else:
                 paths = gform.speak_candidates(ctx, values, log=log, progress=progress_callable(progress))
             table = ghistory.outputs_table(values["voice"])
-        yield dict(zip(results, [*player_updates(paths), describe_result(paths, log), table], strict=True))
+        ranked = rank_if_asked(ctx, values, paths, log)
+        info = describe_result(paths, log) + (" · ranked best first by score" if ranked else "")
+        yield dict(zip(results, [*player_updates(paths, ranked), info, table], strict=True))
 
     chooser = [ui["voice"], ui["run"], ui["checkpoint"], ui["references"], ui["language"]]
     shown = [*chooser, ui["outputs"], *history_selection]

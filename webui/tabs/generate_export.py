@@ -21,20 +21,26 @@ EXPORT_HELP = (
     "speakers_xtts.pth with this voice's conditioning latents, the reference clips and a model card "
     "(licence: non-commercial, like XTTS-v2)."
 )
+BEST_HELP = (
+    "The checkpoint that scored best (the highest speaker similarity among those still understood), "
+    "instead of the one chosen above; the run's checkpoints must have been scored."
+)
 IMPORT_HELP = (
     "A zip exported by Timbre (or any zip with an XTTS-v2 folder's files) becomes a model you can choose above."
 )
 
 
 def export_zip(ctx: TabContext, form: dict, log=print, progress=None) -> Path:
-    """Export the form's voice, run and checkpoint with its reference clips; returns the zip."""
+    """Export the form's voice, run and checkpoint (the best scored one with ``export_best``)
+    with its reference clips; returns the zip."""
     voice, run = form.get("voice"), form.get("run")
     if not voice:
         raise ValueError("choose a voice first")
     if not run or run == generate.BASE_MODEL or run.startswith(generate.IMPORTED_PREFIX):
         raise ValueError("choose one of the voice's runs as the model: only a fine-tune can be exported")
+    checkpoint = gform.BEST if form.get("export_best") else form.get("checkpoint") or gform.LATEST
     return export.export_model(
-        voice, run, form.get("checkpoint") or gform.LATEST, references=list(form.get("references") or []) or None,
+        voice, run, checkpoint, references=list(form.get("references") or []) or None,
         base_model=ctx.settings.base_model_dir(), synthesizer=gform.synthesizer(ctx), progress=progress, log=log,
     )  # fmt: skip
 
@@ -53,6 +59,9 @@ def build(ctx: TabContext, ui: dict) -> None:
         with gr.Row(equal_height=True):
             with gr.Column(scale=3):
                 gr.Markdown(EXPORT_HELP, elem_classes="generate-help")
+                ui["export_best"] = gr.Checkbox(
+                    label="Use the best checkpoint", value=False, info=BEST_HELP, elem_id="generate-export-best"
+                )
                 ui["export"] = gr.Button("Export the chosen run as a zip", elem_id="generate-export")
                 ui["export_status"] = gr.Markdown(elem_id="generate-export-status")
             ui["export_file"] = gr.File(
@@ -77,7 +86,7 @@ def build(ctx: TabContext, ui: dict) -> None:
 
 
 def _wire(ctx: TabContext, ui: dict) -> None:
-    export_form = {k: ui[k] for k in ("voice", "run", "checkpoint", "references")}
+    export_form = {k: ui[k] for k in ("voice", "run", "checkpoint", "references", "export_best")}
 
     def on_export(values, progress=gr.Progress()):  # noqa: B008 (Gradio's documented pattern)
         log = LogLines()

@@ -16,6 +16,7 @@ from engine import conditioning, generate, paths, runs
 from webui.tabs import TabContext
 
 LATEST = "latest"
+BEST = runs.BEST
 MAX_CANDIDATES = 4
 #: Slider ranges (minimum, maximum, step) of the sampling settings.
 RANGES = {
@@ -33,7 +34,7 @@ FIELDS_SET_ELSEWHERE = ("seed",)
 #: time, since switching weights in the middle of another's generation would mix them.
 SYNTHESIZER_QUEUE = {"concurrency_id": "synthesizer", "concurrency_limit": 1}
 #: The form fields besides the sampling settings.
-FORM_FIELDS = ("voice", "run", "checkpoint", "language", "text", "seed", "references", "candidates", "stream")
+FORM_FIELDS = ("voice", "run", "checkpoint", "language", "text", "seed", "references", "candidates", "stream", "rank")
 
 
 def settings_help() -> dict[str, str]:
@@ -69,12 +70,34 @@ def default_model(voice: str | None) -> str:
     return runs_of_voice[-1] if runs_of_voice else generate.BASE_MODEL
 
 
+def _is_run(voice: str | None, run: str | None) -> bool:
+    return bool(voice and run) and run != generate.BASE_MODEL and not run.startswith(generate.IMPORTED_PREFIX)
+
+
+def best_checkpoint(voice: str | None, run: str | None) -> str | None:
+    """The ``step-NNNNNNN`` checkpoint evaluation chose as the run's best, if it still exists."""
+    if not _is_run(voice, run):
+        return None
+    run_dir = paths.run_dir(voice, run)
+    name = runs.best_checkpoint_name(run_dir)
+    return name if name in {c.name for c in runs.list_checkpoints(run_dir) if c.complete} else None
+
+
 def checkpoint_choices(voice: str | None, run: str | None) -> list[str]:
-    """ "latest", then the run's complete checkpoints, newest first (only "latest" otherwise)."""
-    if not voice or not run or run == generate.BASE_MODEL or run.startswith(generate.IMPORTED_PREFIX):
+    """ "latest", "best" when the run's scores chose one, then the run's complete checkpoints,
+    newest first (only "latest" otherwise)."""
+    if not _is_run(voice, run):
         return [LATEST]
     complete = [c.name for c in runs.list_checkpoints(paths.run_dir(voice, run)) if c.complete]
-    return [LATEST, *reversed(complete)]
+    return [LATEST, *([BEST] if best_checkpoint(voice, run) else []), *reversed(complete)]
+
+
+def checkpoint_labels(voice: str | None, run: str | None) -> list[tuple[str, str]]:
+    """(label, value) of :func:`checkpoint_choices`: "best" is labelled with the checkpoint it
+    stands for (the value stays "best", resolved by the engine when speaking or exporting)."""
+    best = best_checkpoint(voice, run)
+    labels = {LATEST: "latest", BEST: f"best ({best}, by score)"}
+    return [(labels.get(name, name), name) for name in checkpoint_choices(voice, run)]
 
 
 def reference_choices(voice: str | None) -> list[tuple[str, str]]:
@@ -175,6 +198,28 @@ def speak_candidates(ctx: TabContext, form: dict, log=print, progress=None, numb
     ``numbering``: see :func:`engine.generate.generate_candidates`."""
     return generate.generate_candidates(**_request(ctx, form), candidates=candidate_count(form), log=log,
                                         progress=progress, numbering=numbering)  # fmt: skip
+
+
+def scorer(ctx: TabContext, voice: str, language: str, log=print):
+    """The app's :class:`engine.scoring.Scorer` for ``voice`` and ``language`` (made again when
+    either changes): Whisper and the voice's reference embedding load once."""
+    from engine.scoring import Scorer
+
+    current = ctx.scorer
+    if current is None or (current.voice, current.language) != (voice, language):
+        ctx.scorer = None  # the old one's Whisper model goes before the new one loads
+        ctx.scorer = Scorer(voice, language, log=log)
+    return ctx.scorer
+
+
+def rank_outputs(ctx: TabContext, form: dict, wavs: list[Path], log=print) -> list[dict]:
+    """Score the candidates ``wavs`` against the form's text and voice and order them best first
+    (:func:`engine.evaluation.rank_candidates`: intelligible first, then by SECS). Raises
+    FileNotFoundError (the voice has no dataset) and TranscriptionError (an English-only Whisper
+    model for another language)."""
+    from engine.evaluation import rank_candidates
+
+    return rank_candidates(scorer(ctx, form["voice"], form.get("language") or "en", log), wavs, form.get("text") or "")
 
 
 def speak_streaming(ctx: TabContext, form: dict, log=print, candidates: int = 1) -> Iterator:

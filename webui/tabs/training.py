@@ -1,8 +1,9 @@
 """Training tab: the runs of a voice, a run's live status and plots, and the configuration form.
 
-Three modules: :mod:`training_form` (form ⇄ ``TrainConfig``, YAML preview, checks, batch
-suggestion), :mod:`training_runs` (run table, status, start / resume / new run from weights)
-and :mod:`training_plots` (the SVG plot and its guide). This one lays them out and wires them.
+Four modules: :mod:`training_form` (form ⇄ ``TrainConfig``, YAML preview, checks, batch
+suggestion), :mod:`training_runs` (run table, status, start / resume / new run from weights),
+:mod:`training_plots` (the SVG plot and its guide) and :mod:`training_eval` (the checkpoints'
+scores: curves, table, listening grid). This one lays them out and wires them.
 
 Everything shown is read from disk on a ``gr.Timer`` (0.5 s): the metrics of the shown runs are
 tailed from a byte offset kept per page (:class:`engine.metrics.RunSeries` in ``gr.State``);
@@ -23,6 +24,7 @@ from engine.config import ConfigError, TrainConfig
 from engine.metrics import RunSeries
 from engine.training import process
 from webui.tabs import TabContext, browser_text, engine_errors, named, pick, voice_choices
+from webui.tabs import training_eval as teval
 from webui.tabs import training_form as tform
 from webui.tabs import training_plots as tplots
 from webui.tabs import training_runs as truns
@@ -38,7 +40,8 @@ GPU_PROBE_TTL_S = 60.0
 
 def new_view() -> dict:
     """Per-page monitor state: what is shown, the series read so far, the last signature."""
-    return {"key": None, "series": {}, "signature": None, "choices": None, "drawn_at": 0.0, "stale": False}
+    return {"key": None, "series": {}, "signature": None, "choices": None, "drawn_at": 0.0, "stale": False,
+            "eval_signature": None, "eval_default": None, "eval_key": None, "eval_grid": None}  # fmt: skip
 
 
 def shown_runs(voice: str | None, run: str | None, compare: list | None) -> list[str]:
@@ -177,6 +180,7 @@ def build(ctx: TabContext) -> dict:
                 ui["plot"] = gr.HTML(tplots.plot_html({}), js_on_load=None, elem_id="training-plot")
             with gr.Column(scale=1, min_width=280):
                 gr.Markdown(tplots.GUIDE, elem_id="training-guide")
+        teval.build(ui)
         ui["log"] = gr.Textbox(
             label="Log (newest lines)", lines=truns.LOG_LINES, max_lines=truns.LOG_LINES + 4, elem_id="training-log"
         )
@@ -190,22 +194,28 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     form = ui["form"]
     form_list = list(form.values())
     config_inputs = set(form_list) | {ui["voice"], ui["run_name"]}
-    watched = [ui["view"], ui["voice"], ui["run_name"], ui["compare"], ui["axis"]]
+    watched = [ui["view"], ui["voice"], ui["run_name"], ui["compare"], ui["axis"], ui["eval_listen"]]
     live = [
         ui[k]
         for k in ("view", "plot", "status", "log", "run_table", "start", "stop", "checkpoint", "spike",
-                  "config_box", "compare", "branch_name", "runs")
+                  "config_box", "compare", "branch_name", "runs", "eval_text", "eval_plot", "eval_table",
+                  "eval_listen", "eval_grid")
     ]  # fmt: skip
     monitor_events = {"concurrency_limit": 1, "concurrency_id": MONITOR, "show_progress": "hidden"}
     probe = {"gpus": None, "at": 0.0}
 
-    def on_tick(view, voice, run, compare, axis):
+    def on_tick(view, voice, run, compare, axis, listen):
         with engine_errors("Reading the run"):
-            return refresh(ui, view, voice, run, compare, axis)
+            return refresh(ui, view, voice, run, compare, axis) | teval.refresh(ui, view, voice, run, listen)
 
-    def on_change(view, voice, run, compare, axis):
+    def on_change(view, voice, run, compare, axis, listen):
         with engine_errors("Reading the run"):
-            return refresh(ui, view, voice, run, compare, axis, force=True)
+            out = refresh(ui, view, voice, run, compare, axis, force=True)
+            return out | teval.refresh(ui, view, voice, run, listen, force=True)
+
+    def on_listen(voice, run, listen):
+        with engine_errors("Reading the scores"):
+            return teval.listen(voice, run, listen)
 
     def run_form(voice, run) -> list:
         try:
@@ -352,6 +362,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         on_apply, config_inputs, [form["batch_size"], form["gradient_accumulation"], form["gpus"]]
     )
     ui["timer"].tick(on_tick, watched, live, trigger_mode="once", **monitor_events)
+    ui["eval_listen"].input(on_listen, [ui["voice"], ui["run_name"], ui["eval_listen"]], ui["eval_grid"])
     ui["start"].click(on_start, config_inputs, ui["runs"]).then(on_change, watched, live, **monitor_events)
     ui["stop"].click(on_stop, [ui["voice"], ui["run_name"]], None).then(on_change, watched, live, **monitor_events)
     branch_inputs = [ui["voice"], ui["run_name"], ui["checkpoint"], ui["branch_name"], ui["lr_factor"]]
