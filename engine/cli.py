@@ -6,6 +6,7 @@ Thin: parse, call the engine, print. Errors become one ``error: …`` line and a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="pack a run's checkpoint into a zip that coqui-tts's Xtts loads")
     p.add_argument("voice")
     p.add_argument("run")
-    p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
+    p.add_argument("--checkpoint", default="latest", help="latest, best (the best scored) or step-NNNNNNN")
     p.add_argument("--out", type=Path, default=None, help="zip path (default outputs/VOICE/exports/…)")
 
     p = sub.add_parser("import", help="unpack an exported zip into models/imported/NAME/")
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("voice")
     p.add_argument("text")
     p.add_argument("--run", default=None, help="a run of the voice; omitted: the base model")
-    p.add_argument("--checkpoint", default="latest", help="latest or step-NNNNNNN")
+    p.add_argument("--checkpoint", default="latest", help="latest, best (the best scored) or step-NNNNNNN")
     p.add_argument("--base-model", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--language", default=None, help="default: the run's language, else the dataset's, else en")
@@ -110,6 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on generated speech per sentence (0: model limit)",
     )
     p.add_argument("--out", type=Path, default=None)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a run's checkpoints (WER/CER, SECS) against the base model; writes training/VOICE/RUN/eval/",
+    )
+    p.add_argument("voice")
+    p.add_argument("run")
+    p.add_argument("--checkpoints", default="latest", help="latest, best, all, or step-NNNNNNN[,step-NNNNNNN...]")
+    p.add_argument("--sentences", type=int, default=None, help="score only the first N evaluation sentences")
+    p.add_argument("--whisper-model", default=None, help="Whisper model name or local path (default: the voice's)")
+    p.add_argument("--backend", default=None, choices=["faster-whisper", "openai-whisper"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--follow", type=int, default=None, metavar="PID", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("score", help="score a recording: SECS against VOICE's dataset clips, WER/CER with --text")
+    p.add_argument("voice")
+    p.add_argument("audio", type=Path)
+    p.add_argument("--text", default=None, help="what the recording should say")
+    p.add_argument("--language", default=None, help="default: the dataset's language")
+    p.add_argument("--whisper-model", default=None, help="Whisper model name or local path (default: the voice's)")
+    p.add_argument("--backend", default=None, choices=["faster-whisper", "openai-whisper"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser
 
 
@@ -202,5 +225,28 @@ def _run(args) -> int:
             language=args.language or default_language(args.voice, args.run), out=args.out,
         )  # fmt: skip
         print(out)
+        return 0
+    if args.command == "evaluate":
+        from engine import evaluation
+
+        if args.follow is not None:
+            return evaluation.follow(args.voice, args.run, args.follow, args.whisper_model, args.backend)
+        summary = evaluation.evaluate_run(
+            args.voice, args.run, args.checkpoints, args.sentences, args.whisper_model, args.backend, args.device,
+            log=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
+        print(json.dumps(summary, indent=1, ensure_ascii=False))
+        return 0
+    if args.command == "score":
+        from engine import audio, languages
+        from engine.scoring import Scorer
+
+        language = args.language or languages.default_language(args.voice)
+        scorer = Scorer(args.voice, language, args.backend, args.whisper_model, args.device,
+                        log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+        row = scorer.score(audio.load_audio(args.audio, 16_000).numpy(), args.text)
+        print(
+            json.dumps({"audio": str(args.audio), "voice": args.voice, **row, **scorer.describe()}, ensure_ascii=False)
+        )
         return 0
     raise AssertionError(args.command)

@@ -138,6 +138,31 @@ class TrainConfig:
         "Language of the transcripts, one of XTTS-v2's codes: " + ", ".join(languages.CODES) + ". A new run "
         "takes the dataset's language (datasets/<voice>/report.json) unless another is chosen.",
     )
+    evaluate: bool = _f(
+        True,
+        "Score every saved checkpoint in a separate process: intelligibility (WER/CER with Whisper) and "
+        "speaker similarity (SECS), against the base model's scores on the same sentences; the best is kept.",
+    )
+    eval_sentences: list[str] = _f(
+        [],
+        "Held-out sentences every checkpoint speaks to be scored, one per line, none from the training text. "
+        "A new run gets 8 in its language (short, long, questions, numbers); empty: those defaults.",
+    )
+    eval_seed: int = _f(
+        1234,
+        "Sampling seed of the first evaluation sentence (the next ones seed+1, ...), the same for every "
+        "checkpoint and the base model.",
+    )
+    eval_backend: str = _f(
+        "",
+        "Whisper backend that transcribes the evaluation speech (faster-whisper or openai-whisper); "
+        "empty: the one the voice's dataset was prepared with.",
+    )
+    eval_whisper_model: str = _f(
+        "",
+        "Whisper model (a name or a local path) that transcribes the evaluation speech; empty: the "
+        "voice's dataset model.",
+    )
 
     def __post_init__(self) -> None:
         def need(cond: bool, name: str, why: str) -> None:
@@ -238,6 +263,19 @@ class TrainConfig:
             + (f"; for {languages.LANGUAGES[suggestion]} use {suggestion!r}" if suggestion else ""),
         )
 
+        if self.eval_sentences:
+            from engine.eval_sentences import check_sentences
+
+            try:
+                self.eval_sentences = check_sentences(self.eval_sentences)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        need(
+            self.eval_backend in ("", "faster-whisper", "openai-whisper"),
+            "eval_backend",
+            "must be faster-whisper, openai-whisper or empty (the voice's)",
+        )
+
     def _check_types(self) -> None:
         """Raise ConfigError naming the first field whose value has the wrong type: an int field
         takes whole numbers only (``1.5``, ``"2"`` and ``true`` are refused), a float field any
@@ -324,6 +362,7 @@ _TYPE_CHECKS = {
     "int": (_is_int, "must be a whole number"),
     "float": (_is_finite, "must be a finite number"),
     "str": (lambda v: isinstance(v, str), "must be text"),
+    "bool": (lambda v: isinstance(v, bool), "must be true or false"),
     "list[int]": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "must be a list of whole numbers"),
     "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "must be a list of names"),
     "int | list[int]": (
@@ -350,7 +389,25 @@ def new_run_config(voice: str, run: str, **values) -> TrainConfig:
             values["language"] = languages.default_language(voice)
         except languages.LanguageError as exc:
             raise ConfigError(f"{exc}; choose the language explicitly") from None
+    if not values.get("eval_sentences"):
+        from engine.eval_sentences import default_sentences
+
+        texts = [text for _, text in dataset_texts(paths.dataset_dir(voice))]
+        values["eval_sentences"] = default_sentences(values["language"], exclude=texts)
     return TrainConfig(voice=voice, run=run, **values)
+
+
+def dataset_texts(dataset_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(audio_file, text)`` of every line of a dataset folder's train.csv and validation.csv
+    (coqui format, ``|``-separated, header first); a missing or unreadable file gives none."""
+    rows = []
+    for name in ("train.csv", "validation.csv"):
+        try:
+            lines = (Path(dataset_dir) / name).read_text(encoding="utf-8").splitlines()[1:]
+        except (OSError, UnicodeDecodeError):
+            continue
+        rows += [(parts[0], parts[1]) for parts in (line.split("|") for line in lines) if len(parts) >= 2]
+    return rows
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -42,6 +42,10 @@ STOP_FILE = "STOP"
 TRAIN_LOG = "train.log"
 PROCESS_LOG = "process.log"
 
+EVAL_DIR = "eval"
+EVAL_SUMMARY = "summary.json"
+#: The checkpoint name that means the best scored one (``eval/summary.json``, engine.evaluation).
+BEST = "best"
 STATES = ("new", "running", "stopped", "finished", "failed")
 ENDED_WITHOUT_REPORT = "the training process ended without reporting (killed?)"
 
@@ -98,13 +102,22 @@ def latest_complete_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | N
     return complete[-1] if complete else None
 
 
+def best_checkpoint_name(run_dir: str | os.PathLike) -> str | None:
+    """The ``step-NNNNNNN`` that checkpoint evaluation chose as the run's best
+    (``eval/summary.json``, :func:`engine.evaluation.choose_best`), or None when none is chosen."""
+    summary = _read_json(Path(run_dir) / EVAL_DIR / EVAL_SUMMARY) or {}
+    best = summary.get("best")
+    name = best.get("name") if isinstance(best, dict) else None
+    return name if isinstance(name, str) and _CHECKPOINT_NAME.match(name) else None
+
+
 def find_checkpoint(run_dir: str | os.PathLike, name: str = "latest") -> CheckpointInfo:
-    """The checkpoint ``name`` ("latest" or "step-NNNNNNN") of a run, which must be complete.
+    """The checkpoint ``name`` ("latest", "best" or "step-NNNNNNN") of a run, which must be complete.
 
     Raises:
-        ValueError: ``name`` is neither "latest" nor a ``step-NNNNNNN`` name.
+        ValueError: ``name`` is none of those.
         FileNotFoundError: the run has no such checkpoint, or it is incomplete (its save was
-            interrupted); the message names the run folder.
+            interrupted), or no best is chosen yet; the message names the run folder.
     """
     run_dir = Path(run_dir)
     label = _run_label(run_dir)
@@ -113,8 +126,16 @@ def find_checkpoint(run_dir: str | os.PathLike, name: str = "latest") -> Checkpo
         if found is None:
             raise FileNotFoundError(f"{label} has no complete checkpoint yet ({run_dir / CHECKPOINTS})")
         return found
+    if name == BEST:
+        best = best_checkpoint_name(run_dir)
+        if best is None:
+            reason = (_read_json(run_dir / EVAL_DIR / EVAL_SUMMARY) or {}).get(
+                "best_reason"
+            ) or "no checkpoint is scored yet"
+            raise FileNotFoundError(f"{label} has no best checkpoint: {reason}")
+        name = best
     if not isinstance(name, str) or not _CHECKPOINT_NAME.match(name):
-        raise ValueError(f"checkpoint name must be 'latest' or 'step-NNNNNNN', got {name!r}")
+        raise ValueError(f"checkpoint name must be 'latest', 'best' or 'step-NNNNNNN', got {name!r}")
     for info in list_checkpoints(run_dir):
         if info.name == name:
             if not info.complete:
@@ -285,7 +306,7 @@ def is_pid_alive(pid: int) -> bool:
         return True
 
 
-def _created_by(pid: int, when) -> bool:
+def process_started_by(pid: int, when) -> bool:
     """Whether process ``pid`` existed at time ``when`` (so it is not a later process reusing the pid)."""
     limit = _timestamp(when)
     if limit is None:
@@ -306,11 +327,11 @@ def live_trainer_pid(run_dir: str | os.PathLike) -> int | None:
     """
     run_dir = Path(run_dir)
     info = read_pid_file(run_dir)
-    if info is not None and is_pid_alive(info["pid"]) and _created_by(info["pid"], info.get("started")):
+    if info is not None and is_pid_alive(info["pid"]) and process_started_by(info["pid"], info.get("started")):
         return info["pid"]
     status = read_status(run_dir) or {}
     pid = status.get("pid")
-    if status.get("state") == "running" and is_pid_alive(pid) and _created_by(pid, status.get("updated")):
+    if status.get("state") == "running" and is_pid_alive(pid) and process_started_by(pid, status.get("updated")):
         return pid
     return None
 

@@ -135,6 +135,27 @@ def resolve_model(backend: str, model: str | None) -> str:
     return str(candidate.resolve()) if candidate.exists() else model
 
 
+def is_model_local(backend: str, model: str | None) -> bool:
+    """Whether ``model`` (:func:`resolve_model`) can be loaded without a download: a path that
+    exists, or a name already in ``models/<backend>/`` (faster-whisper: the hub cache there,
+    checked with ``local_files_only``; openai-whisper: ``models/whisper/<name>.pt``)."""
+    name = resolve_model(backend, model)
+    if Path(name).exists():
+        return True
+    if backend == "faster-whisper":
+        from faster_whisper.utils import download_model
+
+        try:
+            download_model(name, local_files_only=True, cache_dir=str(paths.models_dir() / "faster-whisper"))
+        except Exception:  # noqa: BLE001 - huggingface_hub raises several kinds for "not cached"
+            return False
+        return True
+    import whisper
+
+    url = whisper._MODELS.get(name)
+    return url is not None and (paths.models_dir() / "whisper" / os.path.basename(url)).is_file()
+
+
 def english_only_by_name(model: str) -> bool:
     """Whether a model name or path says the model is English-only: Whisper's ``*.en`` names
     (``tiny.en`` … ``medium.en``), also as the last part of a path (``models/tiny.en``)."""

@@ -14,10 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_run(run: str, tiny_model: Path, **overrides) -> Path:
-    """Write training/anna/<run>/train.yaml for the tiny model; returns its path."""
+    """Write training/anna/<run>/train.yaml for the tiny model; returns its path. Checkpoint
+    scoring is off unless ``evaluate=True`` is given (tests/test_evaluation.py tests it)."""
     settings = dict(
         voice="anna", run=run, base_model=str(tiny_model), epochs=3, batch_size=2, gradient_accumulation=2,
-        learning_rate=1e-3, seed=7, keep_checkpoints=5,
+        learning_rate=1e-3, seed=7, keep_checkpoints=5, evaluate=False,
     )  # fmt: skip
     settings.update(overrides)
     return TrainConfig(**settings).save_new()

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine import runs
+from engine.audio import write_bytes_atomic
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -204,18 +205,41 @@ def load_latest_checkpoint(run_dir: Path, log: Callable[[str], None] = print):
     return None
 
 
+RETENTION_FILE = "retention.json"
+
+
 def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] = frozenset()) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints, sparing steps in ``protect``
-    (the best by validation, the last good before a spike). Incomplete folders are left alone.
-    Returns the removed paths."""
+    (the best by validation, the last good before a spike) and those checkpoint evaluation
+    needs (:func:`engine.evaluation.protected_steps`: the best scored one, and those the live
+    evaluator has not scored yet). Incomplete folders are left alone. ``keep`` and
+    ``protect`` are recorded in ``checkpoints/retention.json`` for the evaluator's own final
+    pruning (:func:`read_retention`). Returns the removed paths."""
+    from engine import evaluation
+
+    base = Path(run_dir) / runs.CHECKPOINTS
+    if base.is_dir():
+        record = json.dumps({"keep": keep, "protect": sorted(protect)}) + "\n"
+        write_bytes_atomic(base / RETENTION_FILE, record.encode())
+    spared = set(protect) | evaluation.protected_steps(run_dir)
     complete = [c for c in runs.list_checkpoints(run_dir) if c.complete]
     removed = []
     for info in complete[:-keep] if keep > 0 else complete:
-        if info.step in protect:
+        if info.step in spared:
             continue
-        shutil.rmtree(info.path)
+        shutil.rmtree(info.path, ignore_errors=True)  # the trainer and the evaluator may both prune
         removed.append(info.path)
     return removed
+
+
+def read_retention(run_dir: Path, keep: int) -> tuple[int, set[int]]:
+    """``(keep, protect)`` the trainer last pruned with (``checkpoints/retention.json``), or
+    ``(keep, set())`` when it recorded none."""
+    try:
+        data = json.loads((Path(run_dir) / runs.CHECKPOINTS / RETENTION_FILE).read_text(encoding="utf-8"))
+        return int(data["keep"]), {int(s) for s in data["protect"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return keep, set()
 
 
 def remove_stale_temporaries(run_dir: Path, log: Callable[[str], None] = print) -> list[Path]:

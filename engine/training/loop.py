@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import random
 import sys
 import time
@@ -29,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
-from engine import models, runs
+from engine import evaluation, models, runs
 from engine.config import TrainConfig
 from engine.training import checkpoint as ckpt
 from engine.training import data, runtime
@@ -210,6 +211,8 @@ def _train(
         else gpt
     )
 
+    evaluator_started: list[int] = []  # the background evaluator's pid once started
+
     def save(reason: str) -> None:
         if env.is_main:
             state = {
@@ -238,6 +241,9 @@ def _train(
                 }
             )
             log(f"saved {path.name} ({reason})")
+            if cfg.evaluate and not evaluator_started:
+                evaluator_started.append(evaluation.start_evaluator(run_dir.parent.name, run_dir.name, os.getpid()))
+                log(f"scoring checkpoints in the background (pid {evaluator_started[0]}, eval/evaluate.log)")
         if spike_start is not None and step not in spike_checkpoints:
             spike_checkpoints.append(step)  # saved during a spike: never "last good"
         if env.distributed:
