@@ -25,8 +25,9 @@ people and no brands. Numbers are written so that XTTS-v2's text cleaner reads t
 Western digits, never a digit right before a full stop or glued to letters that its ordinal
 patterns match. Hindi is the exception that cleaner cannot handle: it spells digits out with
 num2words, which has no Hindi (0.5.14), so coqui-tts 0.28 raises NotImplementedError for Hindi
-text holding any digit (idiap/coqui-ai-TTS#370); the Hindi number sentences still use digits,
-as Hindi is normally written and as Whisper transcribes it.
+text holding any digit (idiap/coqui-ai-TTS#370). The Hindi number sentences therefore spell their
+numbers in words (a year, a time and a price, a count), which the model can speak; Whisper may
+write them back as digits, which costs some CER in every checkpoint and the baseline alike.
 
 :func:`check_sentences` validates the sentences a training config lists instead of the defaults.
 """
@@ -278,11 +279,11 @@ SENTENCES: dict[str, tuple[str, ...]] = {
         "बचपन में गर्मियों की छुट्टियों में मैं अपनी नानी के गाँव जाता था, जहाँ हम दिन भर आम के पेड़ों के नीचे खेलते और नदी में नहाते थे।",
         "क्या आप मेरे साथ चाय पिएँगे?",
         "यहाँ से रेलवे स्टेशन कितनी दूर है?",
-        "हमने यह घर 2012 में खरीदा था।",
-        "बस सुबह 6:30 बजे चलती है और टिकट 40 रुपये का है।",
+        "हमने यह घर दो हज़ार बारह में खरीदा था।",
+        "बस सुबह साढ़े छह बजे चलती है और टिकट चालीस रुपये का है।",
         "खाना तैयार हो गया है।",
         "क्या आप मेरी थोड़ी मदद कर सकते हैं?",
-        "इस कक्षा में 35 बच्चे पढ़ते हैं।",
+        "इस कक्षा में पैंतीस बच्चे पढ़ते हैं।",
         "शाम को काम से लौटकर वह अपने छोटे भाई को गणित पढ़ाती है, फिर छत पर बैठकर थोड़ी देर पुराने गाने सुनती है और आराम करती है।",
     ),
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -243,7 +244,7 @@ class Synthesizer:
 
         ``latents`` is :meth:`conditioning`'s result; the seed is ``settings.seed``.
         Raises GenerationError for empty text."""
-        text = _check_text(text)
+        text = _check_text(text, language)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         with torch.inference_mode():
@@ -256,7 +257,7 @@ class Synthesizer:
         """Speech for ``text`` in chunks as they are decoded (coqui's ``Xtts.inference_stream``):
         1-D float32 tensors at 24 kHz, about ``chunk_codes`` / 21.5 s each, cross-faded so that
         their concatenation is the whole utterance. Raises GenerationError for empty text."""
-        text = _check_text(text)
+        text = _check_text(text, language)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         with torch.inference_mode():
@@ -266,10 +267,16 @@ class Synthesizer:
                 yield chunk.detach().float().cpu().flatten()
 
 
-def _check_text(text: str) -> str:
+def _check_text(text: str, language: str | None = None) -> str:
     text = (text or "").strip()
     if not text:
         raise GenerationError("the text is empty")
+    if language == "hi" and re.search(r"[0-9]", text):
+        # coqui-tts spells digits out with num2words, which has no Hindi: NotImplementedError
+        # deep inside the model otherwise (idiap/coqui-ai-TTS#370).
+        raise GenerationError(
+            "XTTS-v2 cannot read digits in Hindi text (no Hindi number expansion): write the numbers in words"
+        )
     return text
 
 
@@ -309,7 +316,7 @@ class _Job:
 
 
 def _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log) -> _Job:
-    text = _check_text(text)
+    text = _check_text(text, language)
     if language not in languages.CODES:
         raise GenerationError(f"language: XTTS-v2 speaks {', '.join(languages.CODES)}; got {language!r}")
     settings = dataclasses.replace(settings) if settings else GenerationSettings()

@@ -47,10 +47,10 @@ def test_every_language_has_12_distinct_sentences():
 def test_the_defaults_have_questions_and_numbers(language):
     defaults = SENTENCES[language][:DEFAULT_COUNT]
     assert sum(sentence.endswith(QUESTION_MARKS) for sentence in defaults) >= 2
-    assert sum(bool(re.search(r"[0-9]", sentence)) for sentence in defaults) >= 2
     # In the documented order: short, short, long, long, question, question, number, number.
     assert all(sentence.endswith(QUESTION_MARKS) for sentence in defaults[4:6])
-    assert all(re.search(r"[0-9]", sentence) for sentence in defaults[6:8])
+    if language != "hi":  # Hindi spells its numbers: XTTS-v2's cleaner cannot read Hindi digits
+        assert all(re.search(r"[0-9]", sentence) for sentence in defaults[6:8])
     # A digit before a full stop is an ordinal to XTTS-v2's text cleaner in several languages.
     assert not any(re.search(r"[0-9]\.", sentence) for sentence in SENTENCES[language])
     if language not in UNSPACED:
@@ -158,3 +158,17 @@ def test_check_sentences_names_the_field():
     with pytest.raises(ValueError, match=r"^training\.eval_sentences\[0\]: is empty$"):
         check_sentences(["\t"], field="training.eval_sentences")
     assert eval_sentences.MAX_SENTENCES == 50 and eval_sentences.MAX_SENTENCE_CHARS == 300
+
+
+@pytest.mark.parametrize("language", [code for code in languages.CODES if code != "ja"])
+def test_xtts_text_cleaner_reads_every_sentence(language):
+    """Every sentence passes coqui-tts's own text cleaner for its language (numbers, symbols,
+    abbreviations expanded), which XTTS-v2 runs before it speaks; a sentence it raises on would
+    fail every checkpoint's evaluation. Japanese is not cleaned by it (the tokenizer romanises
+    Japanese with cutlet instead, ``VoiceBpeTokenizer.preprocess_text``)."""
+    from TTS.tts.layers.xtts.tokenizer import multilingual_cleaners
+
+    for sentence in SENTENCES[language]:
+        cleaned = multilingual_cleaners(sentence, language.split("-")[0])  # as VoiceBpeTokenizer.encode
+        assert cleaned.strip(), sentence
+        assert not re.search(r"[0-9]", cleaned), (sentence, cleaned)  # every number became words

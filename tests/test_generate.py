@@ -202,6 +202,8 @@ def test_generation_errors_name_the_problem(gen_home, tiny_model):
         generate.generate_speech("anna", "  ", base_model=tiny_model, synthesizer=synth)
     with pytest.raises(GenerationError, match="candidates"):
         generate.generate_candidates("anna", "Hi.", base_model=tiny_model, candidates=0)
+    with pytest.raises(GenerationError, match="digits in Hindi"):  # coqui-tts would fail inside the model
+        generate.generate_speech("anna", "हमने यह घर 2012 में खरीदा था।", language="hi", base_model=tiny_model)
     with pytest.raises(conditioning.ConditioningError, match="voices/other/x.wav"):
         generate.generate_speech("anna", "Hi.", base_model=tiny_model, references=["voices/other/x.wav"])
     with pytest.raises(GenerationError, match="temperature"):
