@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mel_loss_weight": float, "milestones": _milestones, "gamma": float, "batch_size": int,
         "gradient_accumulation": int, "validate_every": int, "save_every": int, "gpus": _gpus, "seed": int,
         "keep_checkpoints": int, "max_steps": int, "precision": str, "language": str, "init_weights": str,
+        "eval_seed": int, "eval_backend": str, "eval_whisper_model": str,
     }  # fmt: skip
     for name, kind in options.items():
         p.add_argument(
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda s: [x for x in s.split(",") if x],
         default=None,
         help=FIELD_HELP["freeze"],
+    )
+    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=None, help=FIELD_HELP["evaluate"])
+    p.add_argument(
+        "--eval-sentences",
+        type=Path,
+        default=None,
+        help="a UTF-8 text file with one evaluation sentence per line (default: 8 in the run's language)",
     )
 
     p = sub.add_parser(
@@ -166,6 +174,9 @@ def _run(args) -> int:
         )  # fmt: skip
     if args.command == "config":
         values = {k: v for k, v in vars(args).items() if k not in ("command",) and v is not None}
+        if "eval_sentences" in values:
+            lines = values["eval_sentences"].read_text(encoding="utf-8").splitlines()
+            values["eval_sentences"] = [line.strip() for line in lines if line.strip()]
         try:
             config = new_run_config(**values)  # no --language: the dataset's language
         except ConfigError as exc:

@@ -187,6 +187,13 @@ def test_eval_sentences_in_the_config(home):
         TrainConfig(voice="anna", run="x", eval_sentences=["fine", "   "])
     with pytest.raises(ConfigError, match="evaluate: must be true or false"):
         TrainConfig(voice="anna", run="x", evaluate="yes")
+    sentences = home / "mine.txt"
+    sentences.write_text("First one here.\n\n  Second one?  \n", encoding="utf-8")
+    from engine.cli import main
+
+    assert main(["config", "anna", "by-hand", "--no-evaluate", "--eval-sentences", str(sentences)]) == 0
+    written = TrainConfig.load(home / "training/anna/by-hand/train.yaml")
+    assert written.eval_sentences == ["First one here.", "Second one?"] and not written.evaluate
 
 
 def test_every_checkpoint_scored_then_best_generates(home, tiny_model, faster_whisper_model_path):
