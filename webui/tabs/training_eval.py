@@ -220,7 +220,9 @@ def _cell(folder: Path, name: str, row: dict | None, text: str) -> str:
     if row is None:
         return '<td class="eval-cell eval-missing">not scored</td>'
     url = _audio_url(evaluation.eval_dir(folder, name) / str(row.get("wav", "")))
-    player = f'<audio controls preload="none" src="{html.escape(url)}"></audio>' if url else "<em>audio missing</em>"
+    player = (
+        f'<audio controls preload="metadata" src="{html.escape(url)}"></audio>' if url else "<em>audio missing</em>"
+    )
     scores = f"CER {_number(row.get('cer'))} · SECS {_number(row.get('secs'))}"
     heard = html.escape(row.get("transcript") or "")
     flags = "".join(f'<div class="eval-flag">⚠ {html.escape(f)}</div>' for f in row.get("flags") or [])

@@ -48,6 +48,8 @@ LABELS = {
     "evaluate": "Evaluate checkpoints", "eval_sentences": "Evaluation sentences", "eval_seed": "Evaluation seed",
     "eval_backend": "Evaluation Whisper backend", "eval_whisper_model": "Evaluation Whisper model",
 }  # fmt: skip
+#: Fields given a section's full width, under its other fields.
+WIDE_FIELDS = ("eval_sentences",)
 #: Whisper backends of the evaluation ("" = the one the voice's dataset was prepared with).
 EVAL_BACKENDS = [("the dataset's", ""), ("faster-whisper", "faster-whisper"), ("openai-whisper", "openai-whisper")]
 _SENTENCE_ITEM = re.compile(r"^eval_sentences\[(\d+)\]")
@@ -232,12 +234,13 @@ def field_component(field: dataclasses.Field, ctx: TabContext):
     if name == "precision":
         return gr.Dropdown(list(PRECISIONS), value=default, **common)
     if hint is bool:
-        return gr.Checkbox(value=default, **common)
+        with gr.Column(min_width=260):  # a bare checkbox in a row of fields shrinks to its box
+            return gr.Checkbox(value=default, **common)
     if name == "eval_backend":
         return gr.Dropdown(EVAL_BACKENDS, value=default, **common)
     if name == "eval_sentences":
         common["info"] = f"{common['info']} One sentence per line."
-        return gr.Textbox(value=default, lines=8, max_lines=20, scale=4, **common)
+        return gr.Textbox(value=default, lines=8, max_lines=20, **common)
     if name == "freeze":
         return gr.CheckboxGroup(list(FREEZE_GROUPS), value=default, **common)
     if name == "language":
@@ -255,9 +258,13 @@ def build_form(ctx: TabContext, ui: dict) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             for title, names, is_open in sections():
-                with gr.Accordion(title, open=is_open), gr.Row():
-                    for field in form_fields():
-                        if field.name in names:
+                with gr.Accordion(title, open=is_open):
+                    with gr.Row():
+                        for field in form_fields():
+                            if field.name in names and field.name not in WIDE_FIELDS:
+                                ui["form"][field.name] = field_component(field, ctx)
+                    for field in form_fields():  # under the row, the section's full width
+                        if field.name in names and field.name in WIDE_FIELDS:
                             ui["form"][field.name] = field_component(field, ctx)
         with gr.Column(scale=2):
             ui["yaml"] = gr.Code(
