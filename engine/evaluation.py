@@ -508,8 +508,8 @@ def follow(voice: str, run: str, trainer_pid: int, whisper_model: str | None = N
     run_dir = paths.run_dir(voice, run)
     cfg = TrainConfig.load(run_dir / "train.yaml")
 
-    def trainer_alive() -> bool:
-        return runs.is_pid_alive(trainer_pid)
+    def trainer_alive() -> bool:  # the trainer that started us, or one resumed meanwhile
+        return runs.is_pid_alive(trainer_pid) or runs.live_trainer_pid(run_dir) is not None
 
     try:
         plan = plan_run(voice, run, None, backend, whisper_model)

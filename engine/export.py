@@ -139,6 +139,7 @@ def model_card(voice: str, run: str, checkpoint: str, model_dir: Path, reference
                                 f"{size['seconds']:.1f} s of speech"),
     ]  # fmt: skip
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    scores = _scores_section(run_dir, checkpoint)
     base = "a tiny random test model, not real XTTS-v2" if tiny else "Coqui XTTS-v2"
     return f"""# {voice}: a fine-tuned XTTS-v2 voice
 
@@ -173,6 +174,7 @@ out = model.synthesize("Hello.", speaker="{voice}", language="{config.language}"
 | Setting | Value |
 |---|---|
 {table}
+{scores}
 
 The run's `train.yaml`:
 
@@ -183,6 +185,38 @@ The run's `train.yaml`:
 ## Reference clips
 
 {refs}
+"""
+
+
+def _scores_section(run_dir: Path, checkpoint: str) -> str:
+    """The checkpoint's evaluation scores against the base model's (engine.evaluation), as a
+    Markdown section; empty when it was not scored."""
+    from engine import evaluation
+
+    scores, baseline = evaluation.read_scores(run_dir, checkpoint), evaluation.read_scores(run_dir, evaluation.BASELINE)
+    if not scores or not baseline or scores.get("setup") != baseline.get("setup"):
+        return ""
+
+    def cell(data: dict, key: str) -> str:
+        value = data.get("aggregate", {}).get(key)
+        return "" if value is None else f"{value:.3f}"
+
+    keys = (("WER (mean)", "wer"), ("CER (median)", "cer_median"), ("SECS (Resemblyzer, mean)", "secs"),
+            ("SECS (XTTS speaker encoder, biased)", "secs_xtts"))  # fmt: skip
+    lines = "\n".join(f"| {label} | {cell(scores, key)} | {cell(baseline, key)} |" for label, key in keys)
+    best = runs.best_checkpoint_name(run_dir)
+    note = " It is the run's best checkpoint by Timbre's rule." if best == checkpoint else ""
+    count = len(scores.get("sentences", []))
+    return f"""
+## Scores
+
+{count} held-out sentences spoken by this checkpoint and by the base model with the same seeds and
+references, transcribed by Whisper (`{scores.get("scorer", {}).get("whisper_model", "?")}`); SECS is the
+cosine to the dataset's validation clips.{note}
+
+| Score | This checkpoint | Base model |
+|---|---|---|
+{lines}
 """
 
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -238,6 +239,11 @@ def test_every_checkpoint_scored_then_best_generates(home, tiny_model, faster_wh
     assert summary["best"]["name"] in left and saved[-1] in left and len(left) <= 2, left
     wav = generate_speech("anna", "Hi.", run="scored", checkpoint="best", base_model=tiny_model)
     assert json.loads(wav.with_suffix(".json").read_text())["checkpoint"] == summary["best"]["name"]
+    from engine.export import export_model
+
+    with zipfile.ZipFile(export_model("anna", "scored", checkpoint="best", base_model=tiny_model)) as archive:
+        card = archive.read("MODEL_CARD.md").decode()
+    assert summary["best"]["name"] in card and "## Scores" in card and "the run's best checkpoint" in card
     # `engine evaluate` reuses what is scored and prints the summary
     argv = [sys.executable, "-m", "engine", "evaluate", "anna", "scored", "--checkpoints", "best"]
     done = subprocess.run(argv, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)

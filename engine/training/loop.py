@@ -211,7 +211,7 @@ def _train(
         else gpt
     )
 
-    evaluator_started: list[int] = []  # the background evaluator's pid once started
+    evaluator_started: list[int] = []  # pids of the background evaluators this trainer started
 
     def save(reason: str) -> None:
         if env.is_main:
@@ -241,9 +241,13 @@ def _train(
                 }
             )
             log(f"saved {path.name} ({reason})")
-            if cfg.evaluate and not evaluator_started:
-                evaluator_started.append(evaluation.start_evaluator(run_dir.parent.name, run_dir.name, os.getpid()))
-                log(f"scoring checkpoints in the background (pid {evaluator_started[0]}, eval/evaluate.log)")
+            # At every save: (re)start the evaluator unless one is alive, or unless the one
+            # this trainer started could not run (its reason is in eval/summary.json).
+            if cfg.evaluate and not (evaluator_started and evaluation.read_summary(run_dir).get("error")):
+                pid = evaluation.start_evaluator(run_dir.parent.name, run_dir.name, os.getpid())
+                if pid not in evaluator_started:
+                    evaluator_started.append(pid)
+                    log(f"scoring checkpoints in the background (pid {pid}, eval/evaluate.log)")
         if spike_start is not None and step not in spike_checkpoints:
             spike_checkpoints.append(step)  # saved during a spike: never "last good"
         if env.distributed:
