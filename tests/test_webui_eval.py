@@ -24,6 +24,7 @@ from webui.tabs import generate_form as gform
 from webui.tabs import training as training_tab
 from webui.tabs import training_eval as teval
 from webui.tabs import training_form as tform
+from webui.tabs import training_runs as truns
 
 TEXTS = ["Please close the door.", "The soup is still hot."]
 SETUP = {"sentences": TEXTS, "seed": 1234, "language": "en", "backend": "faster-whisper", "whisper_model": "tiny"}
@@ -125,6 +126,8 @@ def test_summary_of_the_engine_reads_the_same(timbre_home):
     table = teval.scores_table(summary)
     assert list(table["best"]) == ["", "", "★ best"] and set(table["exists"][1:]) == {"yes"}
     assert teval.default_listen(summary) == ["step-0000004"]
+    # "Start a new run from these weights" names the best by score too.
+    assert truns.checkpoint_choices("anna", "r")[0] == ("step-0000004 (newest, best by score)", "step-0000004")
 
 
 def test_texts_before_any_score(timbre_home):

@@ -183,15 +183,17 @@ def checkpoint_choices(
     voice: str | None, run: str | None, best_step: int | None = None, last_good_step: int | None = None
 ) -> list[tuple[str, str]]:
     """(label, name) of the run's complete checkpoints, newest first, the newest, the best by
-    validation and the last good one before a spike labelled as such."""
+    validation, the best by evaluation scores and the last good one before a spike labelled as such."""
     folder = existing_run(voice, run)
     if folder is None:
         return []
     complete = [c for c in runs.list_checkpoints(folder) if c.complete]
+    best_scored = runs.best_checkpoint_name(folder)
     choices = []
     for i, info in enumerate(reversed(complete)):
         notes = ["newest"] if i == 0 else []
         notes += ["best validation"] if info.step == best_step else []
+        notes += ["best by score"] if info.name == best_scored else []
         notes += ["last good before a spike"] if info.step == last_good_step else []
         choices.append((info.name + (f" ({', '.join(notes)})" if notes else ""), info.name))
     return choices
