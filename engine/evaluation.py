@@ -27,6 +27,7 @@ best one (:func:`protected_steps`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -166,7 +167,8 @@ def aggregate(rows: list[dict]) -> dict:
     ``secs_xtts`` are means over the sentences (as Seed-TTS reports them; SECS over the
     sentences that could be embedded, None when none could), ``wer_median`` and
     ``cer_median`` medians (the best rule uses ``cer_median``, which one garbled sentence moves
-    less), ``cps_ratio`` the median pace ratio, ``flagged`` the sentences with a flag."""
+    less), ``cps_ratio`` the median pace ratio, ``flagged`` the sentences with a flag out of
+    ``sentences``."""
 
     def mean(key):
         values = [r[key] for r in rows if r.get(key) is not None]
@@ -179,7 +181,7 @@ def aggregate(rows: list[dict]) -> dict:
     return {
         "wer": mean("wer"), "cer": mean("cer"), "secs": mean("secs"), "secs_xtts": mean("secs_xtts"),
         "wer_median": median("wer"), "cer_median": median("cer"), "cps_ratio": median("cps_ratio"),
-        "flagged": sum(1 for r in rows if r.get("flags")),
+        "flagged": sum(1 for r in rows if r.get("flags")), "sentences": len(rows),
     }  # fmt: skip
 
 
@@ -571,7 +573,9 @@ def rank_candidates(scorer, wavs: list[str | os.PathLike], text: str) -> list[di
 
     rows = []
     for wav in wavs:
-        row = scorer.score(audio.load_audio(wav, 16_000).numpy(), text)
+        # Any length and level: a candidate that came out cut short or silent is ranked, not refused.
+        samples = audio.load_audio(wav, 16_000, min_seconds=0.0, silence_dbfs=-math.inf).numpy()
+        row = scorer.score(samples, text)
         rows.append({"path": str(wav), **row})
     lowest = min(r["cer"] for r in rows) if rows else 0.0
 

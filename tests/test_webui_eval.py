@@ -89,7 +89,7 @@ def test_table_text_and_curves_of_a_scored_run(timbre_home):
     table = teval.scores_table(summary)
     assert list(table["checkpoint"]) == ["base model", "step-0000002", "step-0000004"]
     assert list(table["best"]) == ["", "", "★ best"] and list(table["exists"]) == ["", "yes", "yes"]
-    assert table["SECS"][2] == "0.640" and table["CER"][0] == "0.050" and table["flagged"][1] == 1
+    assert table["SECS"][2] == "0.640" and table["CER"][0] == "0.050" and table["flagged"][1] == "1 / 2"
     assert table["SECS (XTTS, biased)"][2] == "0.740" and table["pace ratio"][1] == "1.00"
 
     text = teval.describe(run_dir, summary)

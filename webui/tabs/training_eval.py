@@ -81,6 +81,14 @@ def _number(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _flagged(scores: dict) -> str:
+    """ "2 / 8" (flagged sentences of all), or the bare count from an older summary."""
+    flagged, total = scores.get("flagged"), scores.get("sentences")
+    if flagged is None:
+        return ""
+    return f"{flagged} / {total}" if total else str(flagged)
+
+
 def _best_name(summary: dict) -> str | None:
     best = summary.get("best")
     return best.get("name") if isinstance(best, dict) else None
@@ -94,7 +102,7 @@ def scores_table(summary: dict) -> pd.DataFrame:
     def row(name, step, scores, exists, note):
         return [name, step, _number(scores.get("wer")), _number(scores.get("cer")), _number(scores.get("cer_median")),
                 _number(scores.get("secs")), _number(scores.get("secs_xtts")), _number(scores.get("cps_ratio"), 2),
-                scores.get("flagged", ""), "★ best" if name == best else "", exists, note]  # fmt: skip
+                _flagged(scores), "★ best" if name == best else "", exists, note]  # fmt: skip
 
     if isinstance(summary.get("baseline"), dict):
         rows.append(row("base model", "", summary["baseline"], "", "the baseline"))
