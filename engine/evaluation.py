@@ -528,8 +528,6 @@ def follow(voice: str, run: str, trainer_pid: int, whisper_model: str | None = N
                     f"{GPU_MEMORY_NEEDED / 2**30:.0f} GiB; checkpoints are scored when the run ends")  # fmt: skip
                 time.sleep(30)
             device = "cuda"
-        elif hasattr(os, "nice"):
-            os.nice(10)
         evaluator = Evaluator(plan, device, log)
         record_error(run_dir, None)
         evaluator.evaluate(BASELINE)
