@@ -13,6 +13,12 @@ from pathlib import Path
 
 from engine.config import FIELD_HELP, ConfigError, TrainConfig, new_run_config
 
+#: The GenerationSettings fields that ``generate`` takes as options, with their argparse types.
+GENERATION_OPTIONS = {
+    "temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float, "length_penalty": float,
+    "speed": float, "seed": int, "max_seconds": float, "split_sentences": bool,
+}  # fmt: skip
+
 
 def _milestones(text: str) -> list[int]:
     try:
@@ -28,12 +34,37 @@ def _gpus(text: str) -> int | list[int]:
         raise argparse.ArgumentTypeError(f"--gpus takes a count or device ids like 0,1; got {text!r}") from None
 
 
+class _GenerationHelpFormatter(argparse.HelpFormatter):
+    """Shows ``generate``'s sampling options with GenerationSettings' own help texts
+    (``engine.generate.GENERATION_HELP``), read only when help is printed: engine.generate
+    loads torch, which the other commands (``evaluate --follow`` renices first) must not pay."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest in GENERATION_OPTIONS:
+            from engine.generate import GENERATION_HELP
+
+            return GENERATION_HELP[action.dest].replace("%", "%%")
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Timbre: XTTS-v2 voice fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tiny-model", help="write a tiny random model with the XTTS-v2 file layout")
     p.add_argument("directory", type=Path)
+
+    p = sub.add_parser(
+        "random-model", help="write a random model with the XTTS-v2 file layout (tiny, or XTTS-v2's full size)"
+    )
+    p.add_argument("directory", type=Path)
+    p.add_argument(
+        "--size",
+        default="tiny",
+        choices=["tiny", "full"],
+        help="tiny: 2 layers x 64 wide x 4 heads (tests); full: XTTS-v2's 30 x 1024 x 16, a 1.9 GB model.pth",
+    )
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("prepare", help="transcribe voices/VOICE/ into datasets/VOICE/")
     p.add_argument("voice")
@@ -104,21 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (or resume) the run described by a train.yaml")
     p.add_argument("config", type=Path)
 
-    p = sub.add_parser("generate", help="speak TEXT in VOICE's voice")
+    p = sub.add_parser("generate", help="speak TEXT in VOICE's voice", formatter_class=_GenerationHelpFormatter)
     p.add_argument("voice")
     p.add_argument("text")
     p.add_argument("--run", default=None, help="a run of the voice; omitted: the base model")
     p.add_argument("--checkpoint", default="latest", help="latest, best (the best scored) or step-NNNNNNN")
     p.add_argument("--base-model", default=None)
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--language", default=None, help="default: the run's language, else the dataset's, else en")
+    for name, kind in GENERATION_OPTIONS.items():
+        # help: a stand-in; _GenerationHelpFormatter prints GenerationSettings' text for the field.
+        flag = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=name, **flag)
     p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=0.0,
-        help="cap on generated speech per sentence (0: model limit)",
+        "--candidates",
+        type=int,
+        default=1,
+        help="speak the text N times (1 to 16) with seeds seed, seed+1, ...; prints every path",
     )
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="the WAV to write (one candidate only)")
 
     p = sub.add_parser(
         "evaluate",
@@ -160,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    if args.command == "tiny-model":
-        from engine.models import write_tiny_model
+    if args.command in ("tiny-model", "random-model"):
+        from engine.models import write_random_model
 
-        print(f"wrote a tiny random XTTS-v2-layout model to {write_tiny_model(args.directory)}")
+        size, seed = getattr(args, "size", "tiny"), getattr(args, "seed", 0)
+        print(f"wrote a {size} random XTTS-v2-layout model to {write_random_model(args.directory, size, seed)}")
         return 0
     if args.command == "prepare":
         from engine.dataset import prepare_command
@@ -228,15 +263,7 @@ def _run(args) -> int:
             os._exit(code)
         return code
     if args.command == "generate":
-        from engine.generate import GenerationSettings, default_language, generate_speech
-
-        out = generate_speech(
-            args.voice, args.text, run=args.run, checkpoint=args.checkpoint, base_model=args.base_model,
-            settings=GenerationSettings(seed=args.seed, max_seconds=args.max_seconds),
-            language=args.language or default_language(args.voice, args.run), out=args.out,
-        )  # fmt: skip
-        print(out)
-        return 0
+        return _generate(args)
     if args.command == "evaluate":
         if args.follow is not None and hasattr(os, "nice"):
             # The background evaluator yields the CPU to the trainer (the Linux scheduler weighs
@@ -265,3 +292,42 @@ def _run(args) -> int:
         )
         return 0
     raise AssertionError(args.command)
+
+
+def _generate(args) -> int:
+    """``generate``: the settings from their options (a bad value is named by its option), then one
+    output (``--out`` allowed) or ``--candidates N`` outputs; prints each path."""
+    from engine.generate import (
+        GenerationError,
+        GenerationSettings,
+        default_language,
+        generate_candidates,
+        generate_speech,
+    )
+
+    values = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
+    try:
+        settings = GenerationSettings(**values)
+    except GenerationError as exc:
+        # GenerationSettings names the field ("top_p must be in (0, 1], got 2.0"); name the option.
+        field = next((name for name in values if str(exc).startswith(name)), None)
+        option = f"--{field.replace('_', '-')}: " if field else ""
+        print(f"error: {option}{exc}", file=sys.stderr)
+        return 2
+    if not 1 <= args.candidates <= 16:
+        print(f"error: --candidates must be between 1 and 16, got {args.candidates}", file=sys.stderr)
+        return 2
+    if args.candidates > 1 and args.out is not None:
+        print("error: --out names one file; with --candidates the outputs go to outputs/VOICE/", file=sys.stderr)
+        return 2
+    common = dict(
+        run=args.run, checkpoint=args.checkpoint, base_model=args.base_model, settings=settings,
+        language=args.language or default_language(args.voice, args.run),
+    )  # fmt: skip
+    if args.candidates > 1:
+        outputs = generate_candidates(args.voice, args.text, candidates=args.candidates, **common)
+    else:
+        outputs = [generate_speech(args.voice, args.text, out=args.out, **common)]
+    for path in outputs:
+        print(path)
+    return 0

@@ -16,6 +16,7 @@ the user accepts the licence in the Settings tab.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -242,7 +243,138 @@ def _mel_transform(mel_stats: torch.Tensor, n_fft: int):
 
 
 # --------------------------------------------------------------------------------------------
-# A tiny random model with the XTTS-v2 file layout
+# Random models with the XTTS-v2 file layout (tests, benchmarks, offline checks)
+
+#: The file that marks a folder as a random model (not real XTTS-v2); it holds the dimensions.
+#: Named for the first, tiny, random model; a full-size one is marked by the same file.
+RANDOM_MODEL_MARKER = "TINY_RANDOM_MODEL.json"
+
+
+@dataclass(frozen=True)
+class RandomModelSize:
+    """The dimensions of a random model with the XTTS-v2 layout.
+
+    ``layers`` x ``width`` channels x ``heads`` attention heads of the GPT; the HiFi-GAN decoder
+    reads GPT latents, so its input is ``width`` wide (XTTS-v2: ``decoder_input_dim`` 1024 =
+    the GPT width) and otherwise has coqui's ``HifiDecoder`` defaults, which are XTTS-v2's.
+    ``vocab_size``: text tokens of the tokenizer (``gpt_number_text_tokens``); None keeps the
+    tokenizer this module builds from coqui's files (273 tokens, :func:`random_model_tokenizer`).
+    """
+
+    layers: int
+    width: int
+    heads: int
+    vocab_size: int | None = None
+
+
+#: ``tiny``: DESIGN.md's test model (2 / 64 / 4). ``full``: the released XTTS-v2
+#: (config.json of ``coqui/XTTS-v2``: 30 layers x 1024 x 16 heads, ``gpt_number_text_tokens``
+#: 6681); its GPT has 441,018,563 parameters, the HiFi-GAN decoder 25,856,300.
+RANDOM_MODEL_SIZES = {
+    "tiny": RandomModelSize(layers=2, width=64, heads=4),
+    "full": RandomModelSize(layers=30, width=1024, heads=16, vocab_size=6681),
+}
+
+
+def is_random_model(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a random model written by :func:`write_random_model`."""
+    return (Path(directory) / RANDOM_MODEL_MARKER).is_file()
+
+
+def random_model_tokenizer(vocab_size: int | None = None):
+    """A ``tokenizers.Tokenizer`` for a random model: coqui's shipped TorToiSe
+    ``tokenizer.json`` (255 BPE tokens, English) plus XTTS's ``[START]`` and one ``[code]`` per
+    language (273 in all), then, for ``vocab_size``, unused special tokens ``[UNUSED_n]`` up to
+    that many ids. The released XTTS-v2 ``vocab.json`` (6681 multilingual BPE tokens) cannot be
+    rebuilt offline; the fillers give the GPT its text embedding and head of the same shape, and
+    XTTS's text cleaning (lower case) keeps text from ever matching a filler. Raises ValueError when
+    ``vocab_size`` is below the 273 real tokens.
+    """
+    import TTS
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(TTS.__file__).parent / "tts/utils/assets/tortoise/tokenizer.json"))
+    tokenizer.add_special_tokens(["[START]"] + [f"[{lang}]" for lang in LANGUAGES])
+    size = max(tokenizer.get_vocab().values()) + 1
+    if vocab_size is not None:
+        if vocab_size < size:
+            raise ValueError(f"vocab_size must be at least {size} (the real tokens), got {vocab_size}")
+        tokenizer.add_special_tokens([f"[UNUSED_{n}]" for n in range(vocab_size - size)])
+    return tokenizer
+
+
+def random_model_config(size: str | RandomModelSize = "tiny"):
+    """coqui's ``XttsConfig`` of a random model of ``size`` (a name in
+    :data:`RANDOM_MODEL_SIZES` or a :class:`RandomModelSize`): XTTS-v2's non-default arguments
+    (DESIGN.md: 1026 audio tokens, start/stop 1024/1025, the perceiver resampler; 605 audio
+    and 402 text tokens at most, code stride 1024) with the GPT and decoder sized by ``size``.
+    ``gpt_number_text_tokens`` is written only when ``size.vocab_size`` is set (as in the
+    released config.json); otherwise coqui takes it from the tokenizer when the model loads.
+    Raises ValueError for an unknown size name.
+    """
+    from TTS.tts.configs.xtts_config import XttsAudioConfig, XttsConfig
+    from TTS.tts.models.xtts import XttsArgs
+
+    if isinstance(size, str):
+        if size not in RANDOM_MODEL_SIZES:
+            raise ValueError(f"size must be one of {', '.join(RANDOM_MODEL_SIZES)}, got {size!r}")
+        size = RANDOM_MODEL_SIZES[size]
+    args = XttsArgs(
+        gpt_layers=size.layers,
+        gpt_n_model_channels=size.width,
+        gpt_n_heads=size.heads,
+        gpt_number_text_tokens=size.vocab_size,
+        gpt_num_audio_tokens=1026,
+        gpt_start_audio_token=1024,
+        gpt_stop_audio_token=1025,
+        gpt_use_perceiver_resampler=True,
+        gpt_max_audio_tokens=605,
+        gpt_max_text_tokens=402,
+        gpt_code_stride_len=CODE_STRIDE,
+        decoder_input_dim=size.width,
+    )
+    return XttsConfig(model_args=args, audio=XttsAudioConfig(), languages=list(LANGUAGES))
+
+
+def write_random_model(directory: str | os.PathLike, size: str | RandomModelSize = "tiny", seed: int = 0) -> Path:
+    """Write a randomly initialised model with the XTTS-v2 file layout into ``directory``.
+
+    ``size``: ``"tiny"`` (2 layers x 64 x 4 heads: trains a step and synthesises on CPU in
+    seconds, about 130 MB on disk), ``"full"`` (XTTS-v2's dimensions, :data:`RANDOM_MODEL_SIZES`:
+    a 1.9 GB model.pth written in about 15 s with about 4 GB of memory) or a
+    :class:`RandomModelSize`. The tokenizer is :func:`random_model_tokenizer`; the DVAE has
+    XTTS-v2's real architecture (:func:`build_dvae`) with random weights; mel_stats is ones(80);
+    :data:`RANDOM_MODEL_MARKER` records the dimensions and the seed. Its speech is noise.
+    Returns ``directory``. Raises ValueError for an unknown size name.
+    """
+    from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
+    from TTS.tts.models.xtts import Xtts
+
+    config = random_model_config(size)
+    size = RANDOM_MODEL_SIZES[size] if isinstance(size, str) else size
+    name = next((key for key, known in RANDOM_MODEL_SIZES.items() if known == size), "custom")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    random_model_tokenizer(size.vocab_size).save(str(directory / "vocab.json"))
+    config.save_json(str(directory / "config.json"))
+
+    # Built with the text-token count unset, so Xtts() does not build a GPT before the tokenizer
+    # is in place (init_models builds it once, sized by the tokenizer).
+    unsized = copy.deepcopy(config)
+    unsized.model_args.gpt_number_text_tokens = None
+    model = Xtts(unsized)
+    model.tokenizer = VoiceBpeTokenizer(vocab_file=str(directory / "vocab.json"))
+    model.init_models()
+    torch.save({"model": model.state_dict()}, directory / "model.pth")
+    del model
+    torch.save(build_dvae().state_dict(), directory / "dvae.pth")
+    torch.save(torch.ones(80), directory / "mel_stats.pth")
+    marker = {"size": name, "layers": size.layers, "width": size.width, "heads": size.heads,
+              "vocab_size": size.vocab_size, "seed": seed}  # fmt: skip
+    (directory / RANDOM_MODEL_MARKER).write_text(json.dumps(marker) + "\n")
+    return directory
 
 
 def write_tiny_model(
@@ -252,51 +384,6 @@ def write_tiny_model(
     width: int = 64,
     heads: int = 4,
 ) -> Path:
-    """Write a tiny randomly initialised model with the XTTS-v2 file layout into ``directory``.
-
-    The GPT has ``layers`` layers of ``width`` channels and ``heads`` heads (DESIGN.md: 2 / 64 / 4);
-    the tokenizer is coqui's shipped TorToiSe ``tokenizer.json`` plus XTTS's ``[START]`` and
-    language tokens; the DVAE has XTTS-v2's real architecture with random weights; mel_stats is
-    ones(80). It trains a step and synthesises on CPU in seconds; its speech is noise.
-    Returns ``directory``.
-    """
-    import TTS
-    from tokenizers import Tokenizer
-    from TTS.tts.configs.xtts_config import XttsAudioConfig, XttsConfig
-    from TTS.tts.models.xtts import Xtts, XttsArgs
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-
-    tokenizer = Tokenizer.from_file(str(Path(TTS.__file__).parent / "tts/utils/assets/tortoise/tokenizer.json"))
-    tokenizer.add_special_tokens(["[START]"] + [f"[{lang}]" for lang in LANGUAGES])
-    tokenizer.save(str(directory / "vocab.json"))
-
-    args = XttsArgs(
-        gpt_layers=layers,
-        gpt_n_model_channels=width,
-        gpt_n_heads=heads,
-        gpt_num_audio_tokens=1026,
-        gpt_start_audio_token=1024,
-        gpt_stop_audio_token=1025,
-        gpt_use_perceiver_resampler=True,
-        gpt_max_audio_tokens=605,
-        gpt_max_text_tokens=402,
-        decoder_input_dim=width,
-    )
-    config = XttsConfig(model_args=args, audio=XttsAudioConfig(), languages=list(LANGUAGES))
-    config.save_json(str(directory / "config.json"))
-
-    model = Xtts(load_xtts_config(directory))
-    from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
-
-    model.tokenizer = VoiceBpeTokenizer(vocab_file=str(directory / "vocab.json"))
-    model.init_models()
-    torch.save({"model": model.state_dict()}, directory / "model.pth")
-    torch.save(build_dvae().state_dict(), directory / "dvae.pth")
-    torch.save(torch.ones(80), directory / "mel_stats.pth")
-    (directory / "TINY_RANDOM_MODEL.json").write_text(
-        json.dumps({"layers": layers, "width": width, "heads": heads, "seed": seed}) + "\n"
-    )
-    return directory
+    """A tiny random model (DESIGN.md: 2 layers / 64 wide / 4 heads) with the XTTS-v2 file layout
+    in ``directory``: :func:`write_random_model` with those dimensions. Returns ``directory``."""
+    return write_random_model(directory, RandomModelSize(layers, width, heads), seed)
