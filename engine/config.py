@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adamw8bit")  # engine.training.performance.make_optimizer
 
 #: Module groups of the XTTS GPT that ``freeze`` may name (see engine.training.freezing).
 FREEZE_GROUPS = (
@@ -110,6 +111,21 @@ class TrainConfig:
         "Number of GPUs, or a list of device ids. More than one runs under torchrun with DDP.",
     )
     precision: str = _f("fp32", "fp32, bf16 (Ampere and newer), or fp16 (with a gradient scaler).")
+    tf32: bool = _f(
+        True,
+        "On Ampere and newer GPUs, run fp32 matmuls on tensor cores in TF32 (10-bit mantissa): much faster "
+        "fp32 training, PyTorch's recommendation; no effect on the CPU or with bf16/fp16.",
+    )
+    optimizer: str = _f(
+        "adamw",
+        "adamw (PyTorch's AdamW, fused on a GPU) or adamw8bit (bitsandbytes: both moments in 8 bits, about "
+        "a quarter of the optimizer memory, for small GPUs).",
+    )
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute the GPT blocks' activations in the backward pass instead of keeping them: much less GPU "
+        "memory for longer or larger batches, at about one more forward pass of compute per step.",
+    )
     freeze: list[str] = _f(
         [],
         "GPT module groups left untouched: " + ", ".join(FREEZE_GROUPS) + ".",
@@ -235,6 +251,7 @@ class TrainConfig:
         need(self.save_every >= 1, "save_every", "must be at least 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         need(self.max_steps >= 0, "max_steps", "must not be negative")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         need(
             self.precision in PRECISIONS,
             "precision",

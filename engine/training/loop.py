@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine import evaluation, models, runs
 from engine.config import TrainConfig
 from engine.training import checkpoint as ckpt
-from engine.training import data, runtime
+from engine.training import data, performance, runtime
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -154,12 +154,13 @@ def _train(
     status["total_steps"] = total_steps
 
     # ---- optimizer, schedule, precision ------------------------------------------------------------
-    optimizer = torch.optim.AdamW(
-        runtime.optimizer_groups(gpt, cfg.weight_decay),
-        lr=cfg.learning_rate,
-        betas=(0.9, 0.96),
-        eps=1e-8,
+    performance.configure_backends(env.device, cfg.tf32)
+    if cfg.gradient_checkpointing:
+        performance.enable_gradient_checkpointing(gpt)
+    optimizer = performance.make_optimizer(
+        runtime.optimizer_groups(gpt, cfg.weight_decay), cfg.optimizer, env.device, cfg.learning_rate
     )
+    log(performance.describe(optimizer, gpt, env.device, cfg.gradient_checkpointing))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
