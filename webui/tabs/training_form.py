@@ -22,6 +22,7 @@ from engine import eval_sentences, hardware, languages, paths
 from engine.config import (
     FIELD_HELP,
     FREEZE_GROUPS,
+    OPTIMIZERS,
     PRECISIONS,
     ConfigError,
     TrainConfig,
@@ -35,6 +36,7 @@ from webui.tabs import TabContext
 SECTIONS = (
     ("Schedule", ("epochs", "max_steps", "learning_rate", "milestones", "gamma", "weight_decay"), True),
     ("Batch and hardware", ("batch_size", "gradient_accumulation", "gpus", "precision", "num_workers"), True),
+    ("Speed and memory", ("optimizer", "gradient_checkpointing", "tf32"), False),
     ("Losses", ("text_loss_weight", "mel_loss_weight", "max_grad_norm", "freeze"), False),
     ("Validation and checkpoints", ("validate_every", "save_every", "keep_checkpoints"), False),
     ("Data", ("language", "max_text_tokens", "min_audio_seconds", "max_audio_seconds", "seed"), False),
@@ -47,6 +49,7 @@ LABELS = {
     "gpus": "GPUs", "max_steps": "Max steps", "init_weights": "Start from weights",
     "evaluate": "Evaluate checkpoints", "eval_sentences": "Evaluation sentences", "eval_seed": "Evaluation seed",
     "eval_backend": "Evaluation Whisper backend", "eval_whisper_model": "Evaluation Whisper model",
+    "tf32": "TF32 matmuls", "gradient_checkpointing": "Gradient checkpointing",
 }  # fmt: skip
 #: Fields given a section's full width, under its other fields.
 WIDE_FIELDS = ("eval_sentences",)
@@ -233,6 +236,8 @@ def field_component(field: dataclasses.Field, ctx: TabContext):
     common["min_width"] = 200
     if name == "precision":
         return gr.Dropdown(list(PRECISIONS), value=default, **common)
+    if name == "optimizer":
+        return gr.Dropdown(list(OPTIMIZERS), value=default, **common)
     if hint is bool:
         with gr.Column(min_width=260):  # a bare checkbox in a row of fields shrinks to its box
             return gr.Checkbox(value=default, **common)
