@@ -108,11 +108,11 @@ def write_dataset(home: Path, clips: int) -> list[float]:
 
 
 def write_model(directory: Path, size: str) -> Path:
-    """A random model with the XTTS-v2 file layout: ``tiny`` (2/64/4) or ``full`` (30/1024/16)."""
-    from engine.models import write_tiny_model
+    """A random model with the XTTS-v2 file layout: ``tiny`` (2/64/4) or ``full`` (XTTS-v2's
+    30/1024/16 with its 6681 text tokens), :func:`engine.models.write_random_model`."""
+    from engine.models import write_random_model
 
-    sizes = {"tiny": {}, "full": {"layers": 30, "width": 1024, "heads": 16}}[size]
-    return write_tiny_model(directory, **sizes)
+    return write_random_model(directory, size)
 
 
 # --------------------------------------------------------------------------------------------
