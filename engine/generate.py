@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine import audio as audio_io
-from engine import conditioning, languages, models, paths
+from engine import conditioning, languages, models, paths, streaming
 from engine.conditioning import ConditioningError
 from engine.weights import (
     BASE_MODEL,
@@ -115,9 +115,13 @@ class Synthesizer:
     generation and export in one queue).
     """
 
-    def __init__(self, base_model: str | Path | None = None, device: str | None = None):
+    def __init__(self, base_model: str | Path | None = None, device: str | None = None, precision: str = "auto"):
         self.base_model = Path(base_model) if base_model else paths.default_base_model_dir()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if precision not in ("auto", "fp32", "fp16"):
+            raise GenerationError(f"precision must be auto, fp32 or fp16, got {precision!r}")
+        #: "auto": fp16 autocast of the GPT and the decoder on a GPU, fp32 on the CPU.
+        self.precision = ("fp16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
         self.model = None
         self.model_dir: Path | None = None
         self.weights: ModelWeights | None = None
@@ -154,6 +158,8 @@ class Synthesizer:
             self._base_gpt = {k: v.detach().clone() for k, v in self.model.gpt.state_dict().items()}
             self._shares_decoder = {weights.model_dir: True}
             self._weights_identity = conditioning.file_identity(weights.model_dir / "model.pth")
+            if self.device.type == "cuda":
+                self.warm_up()
         if identity != self._weights_identity:
             if weights.gpt is not None:
                 state = load_file(str(weights.gpt), device=str(self.device))
@@ -204,6 +210,25 @@ class Synthesizer:
         self._shares_decoder[model_dir] = same
         return {k[4:]: v for k, v in state.items() if k.startswith("gpt.")} if same else None
 
+    def _autocast(self):
+        """fp16 autocast on a GPU when :attr:`precision` is fp16 (layer norms and softmax stay
+        fp32, as autocast decides); nothing on the CPU."""
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16")
+
+    def warm_up(self) -> float:
+        """Speak a short word once with neutral conditioning, so that the first real request
+        does not pay for CUDA's lazy start (kernel loading, cuBLAS handles, the allocator's
+        first blocks). Done by :meth:`load` on a GPU; returns the seconds it took."""
+        started = time.perf_counter()
+        latent = torch.zeros(1, 32, self.model.args.gpt_n_model_channels, device=self.device)
+        speaker = torch.zeros(1, 512, 1, device=self.device)
+        settings = GenerationSettings(seed=0, max_seconds=0.5, split_sentences=False)
+        with torch.inference_mode(), self._autocast():
+            self.model.inference("Hello.", "en", latent, speaker, **settings.inference_kwargs())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
+
     def unload(self) -> None:
         """Free the model (before training needs the GPU)."""
         self.model = None
@@ -247,24 +272,33 @@ class Synthesizer:
         text = _check_text(text, language)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             out = self.model.inference(text, language, *latents, **settings.inference_kwargs())
         wav = out["wav"]
         return (wav if isinstance(wav, torch.Tensor) else torch.as_tensor(wav)).detach().float().cpu().flatten()
 
     def stream(self, text: str, latents: tuple[torch.Tensor, torch.Tensor], settings: GenerationSettings,
-               language: str = "en", chunk_codes: int = STREAM_CHUNK_CODES) -> Iterator[torch.Tensor]:  # fmt: skip
-        """Speech for ``text`` in chunks as they are decoded (coqui's ``Xtts.inference_stream``):
-        1-D float32 tensors at 24 kHz, about ``chunk_codes`` / 21.5 s each, cross-faded so that
-        their concatenation is the whole utterance. Raises GenerationError for empty text."""
+               language: str = "en", chunk_codes: int = STREAM_CHUNK_CODES,
+               first_chunk_codes: int = streaming.FIRST_CHUNK_CODES) -> Iterator[torch.Tensor]:  # fmt: skip
+        """Speech for ``text`` in chunks as they are decoded (:func:`engine.streaming.stream_xtts`):
+        1-D float32 tensors at 24 kHz, the first after ``first_chunk_codes`` codes (about 0.37 s
+        of speech), the others about ``chunk_codes`` / 21.5 s each, cross-faded so that their
+        concatenation is the whole utterance. Raises GenerationError for empty or too long text."""
         text = _check_text(text, language)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
-        with torch.inference_mode():
-            for chunk in self.model.inference_stream(
-                text, language, *latents, stream_chunk_size=chunk_codes, **settings.inference_kwargs()
-            ):
+        chunks = streaming.stream_xtts(
+            self.model, text, language, *latents, first_chunk_codes, chunk_codes, **settings.inference_kwargs()
+        )
+        try:
+            while True:
+                with torch.inference_mode(), self._autocast():
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    return
                 yield chunk.detach().float().cpu().flatten()
+        except streaming.StreamTextError as error:
+            raise GenerationError(str(error)) from None
 
 
 def _check_text(text: str, language: str | None = None) -> str:
@@ -311,7 +345,10 @@ class _Job:
             "created": time.time(), **extra,
         }  # fmt: skip
         audio_io.write_bytes_atomic(out.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
-        log(f"wrote {out} ({duration:.2f} s of audio in {seconds:.1f} s)")
+        first = f", first audio after {extra['first_audio_seconds']:.2f} s" if extra.get("first_audio_seconds") else ""
+        log(
+            f"wrote {out} ({duration:.2f} s of audio in {seconds:.1f} s, RTF {seconds / max(duration, 1e-9):.2f}{first})"
+        )
         return out
 
 
@@ -439,12 +476,14 @@ def stream_speech(
     ``next()``."""
     job = _prepare(voice, text, run, checkpoint, base_model, settings, language, references, synthesizer, log)
     latents = job.conditioning(log)
-    started, chunks = time.perf_counter(), []
+    started, chunks, first = time.perf_counter(), [], None
     for chunk in job.synthesizer.stream(job.text, latents, job.settings, job.language):
+        first = first if first is not None else time.perf_counter() - started
         chunks.append(chunk)
         yield chunk
     wav = torch.cat(chunks) if chunks else torch.zeros(0)
-    extra = {"streamed": True} | ({"candidate": 1, "candidates": candidates} if candidates > 1 else {})
+    extra = {"streamed": True, "first_audio_seconds": round(first, 3) if first is not None else None}
+    extra |= {"candidate": 1, "candidates": candidates} if candidates > 1 else {}
     return job.save(wav, None, time.perf_counter() - started, extra, log)
 
 

@@ -188,11 +188,13 @@ def test_streaming_yields_chunks_and_writes_the_whole(gen_home, tiny_model):
         while True:
             chunks.append(next(stream))
     path = done.value.value
-    assert len(chunks) >= 2, "32 codes in chunks of 20 give at least two chunks"
+    assert len(chunks) >= 3, "32 codes in a first chunk of 8 and then chunks of 20 give three chunks"
+    assert len(chunks[0]) < len(chunks[1]), "the first chunk is the small one: the first audio comes early"
     whole = torch.cat(chunks).numpy()
     np.testing.assert_allclose(wav_samples(path), np.clip(whole, -1, 1), atol=1 / 32767 + 1e-6)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["streamed"] is True and meta["settings"]["seed"] == 5
+    assert 0 < meta["first_audio_seconds"] < meta["real_time_factor"] * meta["seconds"]
     assert (meta["candidate"], meta["candidates"]) == (1, 3)  # the first of three; the others follow
 
 
@@ -213,3 +215,13 @@ def test_generation_errors_name_the_problem(gen_home, tiny_model):
     (paths.voice_dir("anna") / "reference.wav").write_text("not audio")
     with pytest.raises(conditioning.ConditioningError, match="reference.wav"):
         generate.generate_speech("anna", "Hi.", base_model=tiny_model, synthesizer=synth)
+
+
+def test_warm_up_speaks_with_neutral_conditioning(tiny_model):
+    """What load() does on a GPU before the first request, run here on the CPU."""
+    synth = Synthesizer(tiny_model, device="cpu")
+    assert synth.precision == "fp32"
+    synth.load(None, log=lambda _: None)
+    assert synth.warm_up() > 0
+    with pytest.raises(GenerationError, match="precision"):
+        Synthesizer(tiny_model, device="cpu", precision="int4")
