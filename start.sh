@@ -25,6 +25,10 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --no-deps -r requirements-nodeps.txt
   touch "$stamp"
 fi
+# With an NVIDIA GPU, the CUDA 12 cuBLAS that faster-whisper needs (requirements-gpu.txt says why).
+if [ "$mode" = app ] && command -v nvidia-smi >/dev/null && [ ! -f .venv/.installed-gpu-$(sha256sum requirements-gpu.txt | cut -c1-16) ]; then
+  .venv/bin/python -m pip install -r requirements-gpu.txt && touch ".venv/.installed-gpu-$(sha256sum requirements-gpu.txt | cut -c1-16)"
+fi
 
 if [ "$mode" = test ]; then
   # The tests speak with espeak-ng, convert with sox, drive a real headless Chromium, and

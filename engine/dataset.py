@@ -160,6 +160,8 @@ def prepare_dataset(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     whisper = _Whisper(backend, model, language, device)
+    with contextlib.suppress(Exception):  # only a note: a model that cannot load stops the run later, with its reason
+        log(f"transcribing with {transcribe.runtime(backend, model, device)[2]}")
     with _exclusive(out_dir):
         split = (validation_fraction, seed)
         report = _make_dataset(voice, recordings, skipped, whisper, split, progress, log, started)

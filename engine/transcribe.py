@@ -258,6 +258,7 @@ def detect_language(
     if not is_multilingual(backend, model, device):
         return "en", 1.0
     name = resolve_model(backend, model)
+    backend, device, _why = runtime(backend, name, device)
     if backend == "faster-whisper":
         _language, _probability, ranked = _load_faster_whisper(name, device).detect_language(audio=audio)
         probabilities = dict(ranked)
@@ -319,6 +320,7 @@ def transcribe(
     chunks = [(float(a), float(b)) for a, b in chunks if b > a]
     if not chunks:
         return []
+    backend, device, _why = runtime(backend, model_name, device)
     if backend == "faster-whisper":
         return _transcribe_faster_whisper(audio, model_name, language, device, chunks, word_timestamps)
     return _transcribe_openai_whisper(audio, model_name, language, device, chunks, word_timestamps)
@@ -394,6 +396,7 @@ def load_model(backend: str, model: str | None = None, device: str = "auto"):
     model is missing or cannot be downloaded.
     """
     name = resolve_model(backend, model)
+    backend, device, _why = runtime(backend, name, device)
     if backend == "faster-whisper":
         return _load_faster_whisper(name, device)
     return _load_openai_whisper(name, device)
@@ -403,6 +406,77 @@ def unload_models() -> None:
     """Forget the cached Whisper models so their (GPU) memory can be freed."""
     _load_faster_whisper.cache_clear()
     _load_openai_whisper.cache_clear()
+
+
+#: The CUDA 12 libraries CTranslate2 4.x (faster-whisper's engine) loads, as the
+#: ``nvidia-cublas-cu12`` wheel installs them (``nvidia/cublas/lib/``). torch 2.11 from PyPI brings
+#: CUDA 13, whose libraries CTranslate2 cannot use; ``start.sh`` installs that wheel on Linux
+#: machines with an NVIDIA GPU (requirements-gpu.txt).
+CUDA12_LIBRARIES = ("libcublasLt.so.12", "libcublas.so.12")
+
+
+@functools.lru_cache(maxsize=1)
+def preload_cuda12_libraries() -> list[str]:
+    """Load the CUDA 12 cuBLAS libraries of the ``nvidia-cublas-cu12`` wheel into this process
+    (``RTLD_GLOBAL``), so that CTranslate2 finds them when it opens them by name; returns the
+    paths loaded ([] when the wheel is not installed or not on Linux). Loaded once."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        import nvidia.cublas
+    except ImportError:
+        return []
+    loaded = []
+    for folder in [Path(p) / "lib" for p in getattr(nvidia.cublas, "__path__", [])]:
+        for name in CUDA12_LIBRARIES:
+            path = folder / name
+            if path.is_file():
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+                loaded.append(str(path))
+    return loaded
+
+
+@functools.lru_cache(maxsize=16)
+def runtime(backend: str, model: str, device: str = "auto") -> tuple[str, str, str]:
+    """Which ``(backend, device)`` transcribes with ``backend``/``model`` asked on ``device``,
+    and why, in a sentence for the user (decided once per process and model).
+
+    On ``"auto"`` with a GPU: faster-whisper runs on it when CTranslate2 can load its CUDA 12
+    libraries (after :func:`preload_cuda12_libraries`; tried with one second of silence). When it
+    cannot, openai-whisper runs the same model on the GPU through torch, for a model name
+    openai-whisper knows (a CTranslate2 folder it cannot read), rather than faster-whisper on the
+    CPU; failing that, faster-whisper on the CPU. openai-whisper uses the GPU whenever torch sees
+    one. Raises TranscriptionError for an unknown backend.
+    """
+    _check_backend(backend)
+    if device != "auto":
+        return backend, device, f"{backend} on {'the GPU' if device == 'cuda' else device}"
+    import torch
+
+    if backend == "openai-whisper":
+        where = "cuda" if torch.cuda.is_available() else "cpu"
+        return backend, where, f"openai-whisper on the {'GPU' if where == 'cuda' else 'CPU'}"
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:
+        return backend, "cpu", "faster-whisper on the CPU (no GPU found by CTranslate2)"
+    preload_cuda12_libraries()
+    try:
+        probe = _faster_whisper_model(model, "cuda")
+        list(probe.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), language="en")[0])
+        return backend, "cuda", "faster-whisper on the GPU (float16)"
+    except (RuntimeError, OSError, ValueError) as error:
+        reason = f"faster-whisper cannot use the GPU ({error})"
+    import whisper
+
+    if torch.cuda.is_available() and model in whisper._MODELS:
+        logger.warning("%s; transcribing with openai-whisper %s on the GPU instead", reason, model)
+        return "openai-whisper", "cuda", f"openai-whisper on the GPU: {reason}"
+    logger.warning("%s; transcribing on the CPU", reason)
+    return backend, "cpu", f"faster-whisper on the CPU: {reason}"
 
 
 def _check_backend(backend: str) -> None:
@@ -424,21 +498,11 @@ def _mono_float32(audio) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _load_faster_whisper(model: str, device: str):
-    import ctranslate2
-
-    if device != "auto":
-        return _faster_whisper_model(model, device)
-    if ctranslate2.get_cuda_device_count() > 0:
-        # The CTranslate2 wheel loads CUDA 12's cuBLAS/cuDNN on first use; a CUDA 13 torch
-        # environment (torch 2.11 from PyPI) does not ship them. Try one second of silence on
-        # the GPU and fall back to the CPU rather than fail on every file.
-        try:
-            whisper_model = _faster_whisper_model(model, "cuda")
-            list(whisper_model.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), language="en")[0])
-            return whisper_model
-        except (RuntimeError, OSError, ValueError) as error:
-            logger.warning("faster-whisper cannot use the GPU (%s); using the CPU", error)
-    return _faster_whisper_model(model, "cpu")
+    if device == "auto":
+        device = runtime("faster-whisper", model, device)[1]
+    if device == "cuda":
+        preload_cuda12_libraries()
+    return _faster_whisper_model(model, device)
 
 
 def _faster_whisper_model(model: str, device: str):

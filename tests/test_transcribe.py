@@ -98,3 +98,38 @@ def test_auto_device_falls_back_to_cpu_when_the_gpu_cannot_be_used(
     finally:
         transcribe.unload_models()
     assert word_error_rate(text, " ".join(s.text for s in segments)) < 0.3
+
+
+def test_runtime_falls_back_to_openai_whisper_on_the_gpu(monkeypatch):
+    """When CTranslate2 sees a GPU but cannot use it (its CUDA 12 libraries missing), a model
+    openai-whisper knows runs there on the GPU; a CTranslate2 folder goes to the CPU. Simulated:
+    this machine has no GPU."""
+    import ctranslate2
+    import torch
+
+    from engine import transcribe
+
+    def no_cuda_libraries(model, device):
+        raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(transcribe, "_faster_whisper_model", no_cuda_libraries)
+    transcribe.runtime.cache_clear()
+    try:
+        backend, device, why = transcribe.runtime("faster-whisper", "small")
+        assert (backend, device) == ("openai-whisper", "cuda") and "libcublas.so.12" in why
+        backend, device, why = transcribe.runtime("faster-whisper", "/models/my-ct2-folder")
+        assert (backend, device) == ("faster-whisper", "cpu") and "cannot use the GPU" in why
+        assert transcribe.runtime("openai-whisper", "small")[:2] == ("openai-whisper", "cuda")
+        assert transcribe.runtime("faster-whisper", "small", "cpu")[:2] == ("faster-whisper", "cpu")
+    finally:
+        transcribe.runtime.cache_clear()
+
+
+def test_runtime_without_a_gpu_is_the_cpu():
+    from engine import transcribe
+
+    transcribe.runtime.cache_clear()
+    assert transcribe.runtime("faster-whisper", "small")[:2] == ("faster-whisper", "cpu")
+    assert transcribe.preload_cuda12_libraries() == []  # the nvidia-cublas-cu12 wheel is a GPU-machine install
