@@ -10,6 +10,9 @@ GPT fine-tuning at fp32 with ~11 s clips, not measured here (no GPU was availabl
   (daswer123/xtts-finetune-webui issues 41 and 70); batch 1 with 20 s clips takes 10.9 GB on
   an RTX 3060 (erew123/alltalk_tts issue 241).
 
+Once a run has trained on a GPU, its first step's measurement (:mod:`engine.training.memory`)
+replaces this rule for that GPU model and those settings.
+
 Hence: about 5 GiB for the GPT's weights, gradients and AdamW state plus about 3 GiB per clip
 of the micro-batch at fp32 (about 2 GiB with bf16/fp16 autocast). Our loop holds less than
 coqui's trainer (no DVAE or HiFi-GAN on the GPU, cached features), so the rule errs on the
@@ -100,12 +103,15 @@ def micro_batch_for_memory(free_gib: float, precision: str = "fp32") -> int:
     return max(1, min(MAX_MICRO_BATCH, math.floor((free_gib - STATIC_GIB) / per_clip)))
 
 
-def suggest_batch(gpus: list[GpuMemory], n_train_clips: int, precision: str = "fp32") -> BatchSuggestion:
+def suggest_batch(gpus: list[GpuMemory], n_train_clips: int, precision: str = "fp32",
+                  measured: dict | None = None) -> BatchSuggestion:  # fmt: skip
     """The batch size and gradient accumulation to suggest for ``gpus`` and a dataset of
     ``n_train_clips`` training clips.
 
-    The micro-batch is what the GPU with the least free memory fits
-    (:func:`micro_batch_for_memory`); accumulation raises the effective batch toward
+    The micro-batch is what the GPU with the least free memory fits: from ``measured`` (a
+    record of an earlier run's first step on this GPU model with the same settings,
+    :func:`engine.training.memory.lookup`: ``static_gib`` + ``per_clip_gib`` per clip) when
+    given, else the rule of thumb (:func:`micro_batch_for_memory`); accumulation raises the effective batch toward
     :data:`TARGET_BATCH`; the batch stays at most half the training clips (at least two steps
     per epoch) when the dataset allows. Without a GPU: batch 2, accumulation 1, on the CPU.
     """
@@ -119,7 +125,13 @@ def suggest_batch(gpus: list[GpuMemory], n_train_clips: int, precision: str = "f
         )
     world = len(gpus)
     smallest = min(gpus, key=lambda g: g.free_bytes)
-    micro = micro_batch_for_memory(smallest.free_gib, precision)
+    if measured:
+        per_clip, static = max(measured["per_clip_gib"], 0.05), measured["static_gib"]
+        micro = max(1, min(MAX_MICRO_BATCH, math.floor((smallest.free_gib - static) / per_clip)))
+        basis = f"measured on this GPU by an earlier run: {static:.1f} GiB + {per_clip:.2f} GiB per clip"
+    else:
+        micro = micro_batch_for_memory(smallest.free_gib, precision)
+        basis = f"rule of thumb: 5 GiB + {PER_CLIP_GIB.get(precision, 3.0):g} GiB per clip"
     if n_train_clips >= 2:
         micro = max(1, min(micro, n_train_clips // (2 * world)))
     accumulation = max(1, math.ceil(TARGET_BATCH / (micro * world)))
@@ -129,8 +141,7 @@ def suggest_batch(gpus: list[GpuMemory], n_train_clips: int, precision: str = "f
     batch = micro * world * accumulation
     found = ", ".join(f"GPU {g.index} {g.name}: {g.free_gib:.1f} of {g.total_gib:.1f} GiB free" for g in gpus)
     reason = (
-        f"{found}. About {micro} clip(s) per GPU fit at {precision} (rule of thumb: 5 GiB + "
-        f"{PER_CLIP_GIB.get(precision, 3.0):g} GiB per clip); suggested batch_size {batch} = "
+        f"{found}. About {micro} clip(s) per GPU fit at {precision} ({basis}); suggested batch_size {batch} = "
         f"{micro} x {accumulation} accumulation x {world} GPU(s)."
     )
     return BatchSuggestion(batch, accumulation, world, reason)

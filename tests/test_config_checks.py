@@ -122,3 +122,22 @@ def test_too_few_clips_is_warned_before_training_refuses():
     warnings = check_against_dataset(TrainConfig(batch_size=1), n_train_clips=1, n_validation_clips=1)
     assert any("only 1 training clip(s)" in w and "min_training_clips = 4" in w for w in warnings), warnings
     assert not any("min_training_clips" in w for w in check_against_dataset(TrainConfig(batch_size=1), 4, 1))
+
+
+def test_suggest_batch_uses_what_a_run_measured_on_this_gpu(timbre_home, tiny_model):
+    """engine.training.memory: a first step's record (static memory after the step, the peak
+    during it) becomes the per-clip figure, scaled to the longest clip a run accepts, and the
+    suggestion uses it in place of the rule of thumb."""
+    from engine.training import memory
+
+    entry = memory.record("RTX 3060", tiny_model, "bf16", "adamw8bit", True, static_bytes=2 * GIB,
+                          peak_bytes=4 * GIB, micro_batch=2, longest_seconds=5.8, max_seconds=11.6)  # fmt: skip
+    assert entry["static_gib"] == 2.0 and entry["per_clip_gib"] == 2.0  # (4 - 2) / 2 clips x 11.6 / 5.8
+    assert memory.lookup("RTX 3060", tiny_model, "bf16", "adamw8bit", True) == entry
+    assert memory.lookup("RTX 3060", tiny_model, "bf16", "adamw8bit", False) is None  # other settings
+    assert memory.lookup("RTX 4090", tiny_model, "bf16", "adamw8bit", True) is None  # another GPU
+    gpu = [GpuMemory(0, "RTX 3060", int(11.5 * GIB), 12 * GIB)]
+    measured = suggest_batch(gpu, 200, "bf16", measured=entry)
+    assert measured.batch_size == 8 and measured.batch_size // measured.gradient_accumulation == 4  # (11.5 - 2) / 2
+    assert "measured on this GPU by an earlier run" in measured.reason
+    assert "rule of thumb" in suggest_batch(gpu, 200, "bf16").reason

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine import evaluation, models, runs
 from engine.config import TrainConfig
 from engine.training import checkpoint as ckpt
-from engine.training import data, performance, runtime
+from engine.training import data, memory, performance, runtime
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -90,6 +90,23 @@ def train(config_path: str | Path) -> int:
     log(message)
     runtime.teardown_distributed(env)
     return code
+
+
+def record_memory(cfg: TrainConfig, base, env: runtime.DistEnv, micro_size: int, longest: float, log) -> bool:
+    """After the first step on a GPU: keep what it took (engine.training.memory) for the batch
+    suggestion of later runs. Never fails the run; returns True once tried."""
+    try:
+        entry = memory.record(
+            torch.cuda.get_device_name(env.device), base, cfg.precision, cfg.optimizer, cfg.gradient_checkpointing,
+            static_bytes=torch.cuda.memory_allocated(env.device), peak_bytes=torch.cuda.max_memory_allocated(env.device),
+            micro_batch=micro_size, longest_seconds=longest, max_seconds=cfg.max_audio_seconds,
+        )  # fmt: skip
+        log(f"GPU memory: {entry['measured']['peak_gib']:.2f} GiB at the first step's peak; "
+            f"{entry['static_gib']:.2f} GiB static + {entry['per_clip_gib']:.2f} GiB per clip of up to "
+            f"{cfg.max_audio_seconds:g} s (kept for batch suggestions)")  # fmt: skip
+    except (OSError, RuntimeError, ValueError) as error:
+        log(f"note: the GPU memory measurement was not kept: {error}")
+    return True
 
 
 def _train(
@@ -355,6 +372,7 @@ def _train(
     if step >= total_steps:
         return EXIT_OK, f"finished: already at step {step} of {total_steps}", step
 
+    memory_recorded = False
     while epoch < cfg.epochs and step < total_steps:
         batches = data.epoch_batches(durations, cfg.batch_size, cfg.seed, epoch)
         while batch_in_epoch < steps_per_epoch and step < total_steps:
@@ -381,6 +399,10 @@ def _train(
                 consecutive_skips += 1
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if env.device.type == "cuda" and env.is_main and finite and not memory_recorded:
+                memory_recorded = record_memory(
+                    cfg, base, env, micro_size, max(train_set[i].seconds for i in batch), log
+                )
             lr = scheduler.get_last_lr()[0]
             batch_in_epoch += 1
             elapsed = time.perf_counter() - started

@@ -30,6 +30,7 @@ from engine.config import (
     count_dataset_clips,
     dataset_texts,
 )
+from engine.training import memory as training_memory
 from webui.tabs import TabContext
 
 #: Form layout: (section title, fields, open). Fields not named here land in "Other".
@@ -224,7 +225,13 @@ def batch_suggestion(form: dict, voice: str | None, gpus: list[hardware.GpuMemor
     """The batch suggestion for the GPUs found and the voice's training clips (engine.hardware)."""
     counts = dataset_counts(voice) or (0, 0)
     precision = form.get("precision") if form.get("precision") in PRECISIONS else "fp32"
-    return hardware.suggest_batch(gpus, counts[0], precision)
+    measured = None
+    if gpus:  # what an earlier run measured on this GPU model with these settings, if any
+        model_dir = form.get("base_model") or paths.default_base_model_dir()
+        optimizer = form.get("optimizer") if form.get("optimizer") in OPTIMIZERS else "adamw"
+        measured = training_memory.lookup(min(gpus, key=lambda g: g.free_bytes).name, model_dir, precision,
+                                          optimizer, bool(form.get("gradient_checkpointing")))  # fmt: skip
+    return hardware.suggest_batch(gpus, counts[0], precision, measured)
 
 
 def field_component(field: dataclasses.Field, ctx: TabContext):
