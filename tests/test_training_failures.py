@@ -1,5 +1,6 @@
-"""Failures are caught, named and survived: non-finite losses, spikes, out of memory, a kill
-or an error in the middle of a save, a damaged checkpoint, a full disk, SIGTERM."""
+"""Failures are caught, named and survived: non-finite losses, spikes, fp16 gradient overflows,
+out of memory, a kill or an error in the middle of a save, a damaged checkpoint, a full disk,
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import ROOT, make_run, train_rows, train_subprocess
+from test_precision import LowStartScaler, allow_fp16_on_cpu
 from TTS.tts.layers.xtts.gpt import GPT
 
 from engine import runs
 from engine.config import TrainConfig, branch_run
 from engine.training import checkpoint as ckpt
-from engine.training import loop
+from engine.training import loop, runtime
 
 
 def patch_training_forward(monkeypatch, change):
@@ -199,14 +201,61 @@ def test_out_of_memory_retries_then_splits_the_micro_batch_and_resume_keeps_it(h
     assert "1 accumulation" not in (config.parent / "train.log").read_text().split("resumed from")[-1]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_trains(home, tiny_model, precision):
-    config = make_run(f"amp-{precision}", tiny_model, epochs=1, precision=precision)
-    assert loop.train(config) == 0
-    rows = train_rows(config.parent)
-    assert rows and all(math.isfinite(r["loss"]) for r in rows)
-    state = torch.load(runs.latest_complete_checkpoint(config.parent).path / "state.pt", weights_only=True)
-    assert "scaler" in state
+def test_fp16_overflow_halves_the_grad_scale_skips_the_update_and_resume_restores_the_scale(
+    home, tiny_model, monkeypatch
+):
+    """An fp16 gradient overflow is the grad scaler's business: the update is skipped and logged
+    (not a step, not divergence), and the scale halves. The overflow is injected on batch 3 of
+    5: a finite loss whose gradient is made infinite; the scaler starts at 2**12, where this
+    model has no overflow of its own (at the default 2**16 its first two batches overflow).
+    The scaler's state (scale and growth tracker) is saved in state.pt and restored on resume:
+    a run stopped after the overflow and resumed ends with the same scale, growth tracker,
+    weights and losses as one not stopped; a fresh scaler would be back at 2**12."""
+    allow_fp16_on_cpu(monkeypatch)
+    monkeypatch.setattr(torch.amp, "GradScaler", LowStartScaler)
+    plan = {"stop_at": None, "run_dir": None}
+
+    def overflow_on_third_batch(n, loss_text, loss_mel, text_inputs):
+        if n == 3:
+            loss_mel.register_hook(lambda grad: grad * math.inf)
+        if n == plan["stop_at"]:
+            (plan["run_dir"] / runtime.STOP_FILE).write_text("")  # the Stop button, during batch n
+        return loss_text, loss_mel
+
+    calls = patch_training_forward(monkeypatch, overflow_on_third_batch)  # one call per batch below
+    settings = dict(epochs=1, batch_size=1, gradient_accumulation=1, precision="fp16", validate_every=0)
+
+    straight = make_run("fp16-straight", tiny_model, **settings)
+    assert loop.train(straight) == 0
+    metrics, _ = runs.read_metrics(straight.parent)
+    overflows = [r for r in metrics if r.get("event") == "skipped_step"]
+    assert [(r["epoch"], r["step"], r["skipped_steps"]) for r in overflows] == [(0.6, 2, 1)], "batch 3 of 5 only"
+    assert overflows[0]["reason"] == "fp16 gradient overflow (the grad scaler lowers its scale)"
+    assert math.isfinite(overflows[0]["loss"])
+    assert [r["step"] for r in train_rows(straight.parent)] == [1, 2, 3, 4], "the skipped update is not a step"
+    state = torch.load(runs.latest_complete_checkpoint(straight.parent).path / "state.pt", weights_only=True)
+    assert state["scaler"]["scale"] == 2.0**11, "halved once, from 2**12"
+    assert state["scaler"]["_growth_tracker"] == 2, "reset by the overflow, then batches 4 and 5"
+    assert (state["step"], state["skipped_steps"]) == (4, 1)
+    assert runs.run_status("anna", "fp16-straight").state == "finished"
+
+    split = make_run("fp16-split", tiny_model, **settings)
+    calls["n"], plan["stop_at"], plan["run_dir"] = 0, 4, split.parent
+    assert loop.train(split) == 0
+    assert runs.run_status("anna", "fp16-split").state == "stopped"
+    stopped = torch.load(runs.latest_complete_checkpoint(split.parent).path / "state.pt", weights_only=True)
+    assert (stopped["step"], stopped["skipped_steps"]) == (3, 1)
+    assert stopped["scaler"]["scale"] == 2.0**11 and stopped["scaler"]["_growth_tracker"] == 1
+    plan["stop_at"] = None
+    assert loop.train(split) == 0  # resumes from the checkpoint the stop saved
+    resumed = torch.load(runs.latest_complete_checkpoint(split.parent).path / "state.pt", weights_only=True)
+    assert resumed["scaler"] == state["scaler"], "scale and growth tracker carried across the resume"
+    assert (resumed["step"], resumed["skipped_steps"]) == (4, 1)
+    comparable = lambda rows: [(r["step"], r["loss"], r["grad_norm"], r["samples"]) for r in rows]  # noqa: E731
+    assert comparable(train_rows(split.parent)) == comparable(train_rows(straight.parent))
+    a = ckpt.load_file(str(runs.latest_complete_checkpoint(straight.parent).path / ckpt.MODEL_FILE))
+    b = ckpt.load_file(str(runs.latest_complete_checkpoint(split.parent).path / ckpt.MODEL_FILE))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
