@@ -62,11 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--language", default="en")
     parser.add_argument("--threads", type=int, default=0, help="torch threads after coqui's imports (0: coqui's)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="coqui Trainer's mixed_precision/precision (autocast), as our loop's precision")  # fmt: skip
     parser.add_argument("--result", type=Path, required=True)
     return parser
 
 
-def recipe_config(model_dir: Path, dataset_dir: Path, output: Path, batch_size: int, language: str, workers: int):
+def recipe_config(model_dir: Path, dataset_dir: Path, output: Path, batch_size: int, language: str, workers: int,
+                  precision: str = "fp32"):  # fmt: skip
     """GPTTrainerConfig as in train_gpt_xtts.py, with the model's own GPT sizes."""
     from TTS.config.shared_configs import BaseDatasetConfig
     from TTS.tts.configs.xtts_config import XttsAudioConfig
@@ -130,6 +133,8 @@ def recipe_config(model_dir: Path, dataset_dir: Path, output: Path, batch_size: 
         lr_scheduler="MultiStepLR",
         lr_scheduler_params={"milestones": [50000 * 18, 150000 * 18, 300000 * 18], "gamma": 0.5, "last_epoch": -1},
         test_sentences=[],
+        mixed_precision=precision != "fp32",
+        precision=precision if precision != "fp32" else "fp16",
     )
 
 
@@ -177,7 +182,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = min(8, os.cpu_count() or 1)
-    config = recipe_config(args.model, args.dataset, args.output, args.batch_size, args.language, workers)
+    config = recipe_config(args.model, args.dataset, args.output, args.batch_size, args.language, workers,
+                           args.precision)  # fmt: skip
     started = time.time()
     model = GPTTrainer(config)
     train_samples, _ = load_tts_samples(config, eval_split=False)

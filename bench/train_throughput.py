@@ -275,7 +275,8 @@ def measure_ours(model_dir: Path, args, env: dict, durations: list[float], logs:
     config = TrainConfig(
         voice=VOICE, run="ours", base_model=str(model_dir), epochs=epochs, max_steps=args.steps,
         batch_size=args.batch_size, gradient_accumulation=1, validate_every=0, save_every=epochs,
-        keep_checkpoints=1, gpus=1 if args.device == "cuda" else 0, seed=SEED,
+        keep_checkpoints=1, gpus=1 if args.device == "cuda" else 0, seed=SEED, precision=args.precision,
+        evaluate=False,
     ).save_new()  # fmt: skip
     python = [sys.executable, "-m", "bench.engine_loop"]
     cache = run_child([*python, "cache", str(config), str(logs / "cache.json")], env, logs / "cache.log",
@@ -324,7 +325,7 @@ def measure_coqui(model_dir: Path, args, env: dict, logs: Path, threads: int) ->
         sys.executable, "-m", "bench.coqui_recipe", "--model", str(model_dir),
         "--dataset", str(Path(env["TIMBRE_HOME"]) / "datasets" / VOICE), "--output", str(logs / name),
         "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--device", args.device,
-        "--threads", str(threads), "--result", str(result),
+        "--threads", str(threads), "--result", str(result), "--precision", args.precision,
     ]  # fmt: skip
     run = run_child(argv, env, logs / f"{name}.log", result, args.timeout)
     require_ok(run, "coqui's recipe")
@@ -481,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per loop")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="both loops' autocast")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the throughput")
     parser.add_argument(
         "--threads",

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine import evaluation, models, runs
 from engine.config import TrainConfig
 from engine.training import checkpoint as ckpt
-from engine.training import data, memory, performance, runtime
+from engine.training import data, memory, performance, precision, runtime
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -122,6 +122,7 @@ def _train(
     accumulation = cfg.gradient_accumulation
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    precision.check_precision(cfg.precision, env.device)  # before anything is loaded
     base = models.require_base_model(cfg.base_model_dir())
     log(f"run {run_dir}  base model {base}  device {env.device}  processes {world}")
 
@@ -179,7 +180,7 @@ def _train(
     )
     log(performance.describe(optimizer, gpt, env.device, cfg.gradient_checkpointing))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    amp_dtype = precision.autocast_dtype(cfg.precision)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
 
     # ---- resume -------------------------------------------------------------------------------
