@@ -123,7 +123,7 @@ def model_card(voice: str, run: str, checkpoint: str, model_dir: Path, reference
     config = TrainConfig.load(run_dir / "train.yaml")
     size = dataset_size(voice)
     metrics = final_metrics(run_dir)
-    tiny = (model_dir / "TINY_RANDOM_MODEL.json").is_file()
+    random_weights = models.is_random_model(model_dir)
     total = f" of {metrics['total_steps']}" if metrics["total_steps"] else ""
     refs = "\n".join(f"- `references/{_reference_member(r)}` ({r.kind})" for r in references)
     rows = [
@@ -140,7 +140,7 @@ def model_card(voice: str, run: str, checkpoint: str, model_dir: Path, reference
     ]  # fmt: skip
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     scores = _scores_section(run_dir, checkpoint)
-    base = "a tiny random test model, not real XTTS-v2" if tiny else "Coqui XTTS-v2"
+    base = "a random test model with the XTTS-v2 layout, not real XTTS-v2" if random_weights else "Coqui XTTS-v2"
     return f"""# {voice}: a fine-tuned XTTS-v2 voice
 
 Run `{run}` of voice `{voice}` at checkpoint `{checkpoint}`, exported by Timbre on {time.strftime("%Y-%m-%d %H:%M")}.

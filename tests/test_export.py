@@ -42,7 +42,7 @@ def test_export_loads_with_coquis_own_api_and_speaks(run_home, tiny_model, tmp_p
     assert not list(zip_path.parent.glob(".export-*")), "the staging folder is removed"
 
     # The model card: base model and licence, training settings, dataset size, final metrics.
-    for expected in ("Coqui Public Model License", "non-commercial", "tiny random test model", "step-0000004",
+    for expected in ("Coqui Public Model License", "non-commercial", "random test model with the XTTS-v2 layout", "step-0000004",
                      "| Steps | 4 of 4 (finished) |", "epochs: 2", "seed: 7",
                      "| Dataset (at export) | 5 training + 1 validation clips, 15.4 s of speech |",
                      "| Final training loss | text CE 5.0000, mel CE 4.0000, loss 4.0100 (step 4) |",
