@@ -252,6 +252,10 @@ def _run(args) -> int:
             if isinstance(config.gpus, list):
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
             return subprocess.run(training_argv(config, args.config.resolve()), env=env).returncode
+        if isinstance(config.gpus, list) and "WORLD_SIZE" not in os.environ:
+            # One GPU named by id (gpus: [2]): make it this process's cuda:0, as the app's launcher
+            # does, before anything touches CUDA (the background evaluator inherits it too).
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
         code = train(args.config)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # A torchrun worker whose run is saved and whose process group is destroyed: leave
