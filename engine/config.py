@@ -396,7 +396,9 @@ def new_run_config(voice: str, run: str, **values) -> TrainConfig:
     """The TrainConfig of a new run of ``voice``: ``values`` (TrainConfig fields) as given, and
     ``language``, when not given (or empty), the dataset's language read from
     ``datasets/<voice>/report.json`` (:func:`engine.languages.default_language`; ``"en"`` when
-    the dataset records none). An explicit ``language`` wins.
+    the dataset records none). An explicit ``language`` wins. ``eval_sentences``, when not
+    given, are the language's defaults (:func:`engine.eval_sentences.default_sentences`)
+    without those in the dataset's text.
 
     Raises ConfigError naming the field: a bad value, or a dataset in a language XTTS-v2 cannot
     speak (then ``--language`` / the form chooses one).
@@ -406,9 +408,11 @@ def new_run_config(voice: str, run: str, **values) -> TrainConfig:
             values["language"] = languages.default_language(voice)
         except languages.LanguageError as exc:
             raise ConfigError(f"{exc}; choose the language explicitly") from None
-    if not values.get("eval_sentences"):
-        from engine.eval_sentences import default_sentences
+    from engine.eval_sentences import SENTENCES, default_sentences
 
+    # The held-out sentences of the run's language, none from the training text (an unknown
+    # language is left to TrainConfig, whose message names the field).
+    if not values.get("eval_sentences") and values["language"] in SENTENCES:
         texts = [text for _, text in dataset_texts(paths.dataset_dir(voice))]
         values["eval_sentences"] = default_sentences(values["language"], exclude=texts)
     return TrainConfig(voice=voice, run=run, **values)
