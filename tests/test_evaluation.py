@@ -15,6 +15,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from generate_helpers import copy_home
 from helpers import ROOT, finish, make_run, train_subprocess
 
 from engine import audio, evaluation, runs
@@ -28,6 +29,15 @@ SAME_TEXTS = [
 ]
 SENTENCE = "Our neighbours grow tomatoes in their garden."
 GERMAN = "Unsere Nachbarn bauen Tomaten in ihrem Garten an."
+
+
+@pytest.fixture
+def own_home(dataset_home, tmp_path, monkeypatch):
+    """A copy of dataset_home (datasets/anna/, voices/anna/) for a test that writes runs and
+    outputs, so that the shared one stays as other test files expect it."""
+    home = copy_home(dataset_home, tmp_path / "home")
+    monkeypatch.setenv("TIMBRE_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +189,8 @@ def test_best_is_refused_with_the_reason_until_there_is_one(timbre_home):
         runs.find_checkpoint(run_dir, "best")
 
 
-def test_eval_sentences_in_the_config(home):
+def test_eval_sentences_in_the_config(own_home):
+    home = own_home
     config = new_run_config("anna", "fresh")
     assert len(config.eval_sentences) == 8 and config.evaluate
     texts = {line.split("|")[1] for line in (home / "datasets/anna/train.csv").read_text().splitlines()[1:]}
@@ -197,7 +208,7 @@ def test_eval_sentences_in_the_config(home):
     assert written.eval_sentences == ["First one here.", "Second one?"] and not written.evaluate
 
 
-def test_every_checkpoint_scored_then_best_generates(home, tiny_model, faster_whisper_model_path):
+def test_every_checkpoint_scored_then_best_generates(own_home, tiny_model, faster_whisper_model_path):
     """A run saving 3 checkpoints while keeping only 1: the background evaluator the trainer
     starts scores the base model and all three (none is pruned before it is scored), the
     summary names the best by the rule, pruning afterwards keeps the best, and the best
@@ -209,7 +220,7 @@ def test_every_checkpoint_scored_then_best_generates(home, tiny_model, faster_wh
         eval_backend="faster-whisper", eval_sentences=["Hello there.", "Good morning to you all."],
     )  # fmt: skip
     run_dir = config.parent
-    out = finish(train_subprocess(config, home))
+    out = finish(train_subprocess(config, own_home))
     assert "scoring checkpoints in the background" in out
     deadline = time.monotonic() + 400
     while evaluation.evaluator_pid(run_dir) is not None and time.monotonic() < deadline:
