@@ -15,12 +15,14 @@ Files, in ``training/<voice>/<run>/eval/``:
 While a run trains, the trainer starts one evaluator process at its first save
 (:func:`start_evaluator`); it scores each new checkpoint, oldest first, and leaves once the
 trainer has exited and nothing is left to score. Why a process of its own beside the trainer:
-the trainer never waits for scoring, and the scores of a checkpoint arrive while the run goes
-on. On the CPU the evaluator runs at a lower priority (``nice`` 10), so the trainer keeps the
-cores it needs. On a GPU it shares the trainer's GPU only when enough memory is free after the
-trainer has reserved its own (the first save comes after at least one epoch, when the trainer's
-caching allocator holds its peak); otherwise it waits and scores everything once the run has
-ended. The trainer does not prune a checkpoint the live evaluator has not scored yet, nor the
+the trainer never waits for scoring. On a GPU it shares the trainer's GPU, so the scores of a
+checkpoint arrive while the run goes on, only when enough memory is free after the trainer has
+reserved its own (the first save comes after at least one epoch, when the trainer's caching
+allocator holds its peak); otherwise it waits and scores everything once the run has ended.
+A trainer on the CPU needs every core: scoring beside it slowed its steps 1.3 to 5 times in
+``bench/eval_cost.py`` on 2 cores, even at the lowest CPU priority, so then the evaluator
+waits for the run to end (and for a resumed run to end again). It always runs at the lowest
+CPU priority (``SCHED_IDLE`` on Linux, ``engine.cli``). The trainer does not prune a checkpoint the live evaluator has not scored yet, nor the
 best one (:func:`protected_steps`).
 """
 
@@ -528,12 +530,20 @@ def follow(voice: str, run: str, trainer_pid: int, whisper_model: str | None = N
                     f"{GPU_MEMORY_NEEDED / 2**30:.0f} GiB; checkpoints are scored when the run ends")  # fmt: skip
                 time.sleep(30)
             device = "cuda"
+        elif trainer_alive():
+            log("the trainer runs on the CPU: checkpoints are scored once it has ended (scoring beside it "
+                "slowed its steps 1.3-5x in bench/eval_cost.py)")  # fmt: skip
+        while device == "cpu" and trainer_alive():
+            time.sleep(POLL_SECONDS)
         evaluator = Evaluator(plan, device, log)
         record_error(run_dir, None)
         evaluator.evaluate(BASELINE)
         setup = evaluator.setup()
         while True:
             pending = pending_checkpoints(run_dir, setup)
+            if pending and device == "cpu" and trainer_alive():  # resumed meanwhile: the CPU is its again
+                time.sleep(POLL_SECONDS)
+                continue
             if pending:
                 try:
                     evaluator.evaluate(pending[0])
