@@ -143,7 +143,9 @@ def describe(folder: Path | None, summary: dict) -> str:
     else:
         lines.append("No scores yet: the evaluator scores the base model and then each checkpoint once it is saved.")
     if evaluation.evaluator_pid(folder) is not None:
-        lines.append("The evaluator is scoring checkpoints in the background.")
+        lines.append(
+            "The evaluator is running in the background (a run on the CPU has its checkpoints scored once it ends)."
+        )
     if summary.get("rule"):
         lines.append(f"*Rule:* {summary['rule']}.")
     return browser_text("  \n".join(lines))
