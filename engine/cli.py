@@ -211,9 +211,11 @@ def _wait_for_cpu_trainer(voice: str, run: str, pid: int) -> None:
         on_cpu = TrainConfig.load(run_dir / "train.yaml").gpus == 0
     except (ConfigError, OSError):
         return
-    if on_cpu and (runs.is_pid_alive(pid) or runs.live_trainer_pid(run_dir) is not None):
-        print("the trainer runs on the CPU: checkpoints are scored once it has ended", flush=True)
-    while on_cpu and (runs.is_pid_alive(pid) or runs.live_trainer_pid(run_dir) is not None):
+    waiting = on_cpu and (runs.is_pid_alive(pid) or runs.live_trainer_pid(run_dir) is not None)
+    if not waiting:
+        return
+    print("the trainer runs on the CPU: the checkpoints it keeps are scored once it has ended", flush=True)
+    while runs.is_pid_alive(pid) or runs.live_trainer_pid(run_dir) is not None:
         time.sleep(2.0)
 
 

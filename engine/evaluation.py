@@ -456,19 +456,34 @@ def evaluator_pid(run_dir: str | os.PathLike) -> int | None:
 
 def protected_steps(run_dir: str | os.PathLike) -> set[int]:
     """Checkpoint steps that pruning must spare for evaluation: the best, and while a
-    background evaluator lives, every complete checkpoint it has not scored yet."""
+    background evaluator is scoring, every complete checkpoint it has not scored yet. While it
+    waits for a CPU trainer to end (``"waiting"`` in its pid file, :func:`mark_waiting`), the
+    trainer prunes as it would without one, so disk use stays at ``keep_checkpoints``: a CPU
+    run has the checkpoints it keeps scored, not every one."""
     steps = set()
     best = read_summary(run_dir).get("best")
     if isinstance(best, dict) and isinstance(best.get("step"), int):
         steps.add(best["step"])
-    if evaluator_pid(run_dir) is not None:
+    info = _read_json(eval_dir(run_dir) / PID_FILE) or {}
+    if evaluator_pid(run_dir) is not None and not info.get("waiting"):
         steps |= {int(n.split("-")[1]) for n in pending_checkpoints(run_dir, None)}
     return steps
 
 
-def start_evaluator(voice: str, run: str, trainer_pid: int | None = None) -> int:
+def mark_waiting(run_dir: str | os.PathLike, waiting: bool) -> None:
+    """Record in the evaluator's pid file whether it is waiting for a CPU trainer to end
+    (:func:`protected_steps`); only the evaluator whose pid the file names writes it."""
+    path = eval_dir(run_dir) / PID_FILE
+    info = _read_json(path)
+    if info is not None and info.get("pid") == os.getpid():
+        _write_json(path, info | {"waiting": waiting})
+
+
+def start_evaluator(voice: str, run: str, trainer_pid: int | None = None, waiting: bool = False) -> int:
     """Start the background evaluator of a run (``python -m engine evaluate VOICE RUN --follow
-    PID``) unless one is alive; returns its pid. Output goes to ``eval/evaluate.log``."""
+    PID``) unless one is alive; returns its pid. Output goes to ``eval/evaluate.log``.
+    ``waiting``: the trainer runs on the CPU, so the evaluator starts out waiting for it to end
+    (:func:`protected_steps`), recorded before it is even running."""
     run_dir = paths.run_dir(voice, run)
     alive = evaluator_pid(run_dir)
     if alive is not None:
@@ -483,7 +498,7 @@ def start_evaluator(voice: str, run: str, trainer_pid: int | None = None) -> int
         log.flush()
         proc = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, **session)  # fmt: skip
-    _write_json(folder / PID_FILE, {"pid": proc.pid, "started": started, "trainer": trainer_pid})
+    _write_json(folder / PID_FILE, {"pid": proc.pid, "started": started, "trainer": trainer_pid, "waiting": waiting})
     return proc.pid
 
 
@@ -532,9 +547,12 @@ def follow(voice: str, run: str, trainer_pid: int, whisper_model: str | None = N
             device = "cuda"
         elif trainer_alive():
             log("the trainer runs on the CPU: checkpoints are scored once it has ended (scoring beside it "
-                "slowed its steps 1.3-5x in bench/eval_cost.py)")  # fmt: skip
-        while device == "cpu" and trainer_alive():
+                "slowed its steps 3-5x in bench/eval_cost.py)")  # fmt: skip
+        wait_for_cpu_trainer = device == "cpu" and trainer_alive()
+        mark_waiting(run_dir, wait_for_cpu_trainer)
+        while wait_for_cpu_trainer and trainer_alive():
             time.sleep(POLL_SECONDS)
+        mark_waiting(run_dir, False)
         evaluator = Evaluator(plan, device, log)
         record_error(run_dir, None)
         evaluator.evaluate(BASELINE)
@@ -542,7 +560,10 @@ def follow(voice: str, run: str, trainer_pid: int, whisper_model: str | None = N
         while True:
             pending = pending_checkpoints(run_dir, setup)
             if pending and device == "cpu" and trainer_alive():  # resumed meanwhile: the CPU is its again
-                time.sleep(POLL_SECONDS)
+                mark_waiting(run_dir, True)
+                while trainer_alive():
+                    time.sleep(POLL_SECONDS)
+                mark_waiting(run_dir, False)
                 continue
             if pending:
                 try:

@@ -171,6 +171,11 @@ def test_pruning_spares_the_best_and_what_the_live_evaluator_has_not_scored(timb
     removed = prune_checkpoints(run_dir, keep=1, protect={1})
     assert sorted(p.name for p in removed) == ["step-0000003"]
     assert read_retention(run_dir, 9) == (1, {1})
+    pid_file.write_text(json.dumps({"pid": os.getpid(), "started": runs.now_iso(), "waiting": False}))
+    evaluation.mark_waiting(run_dir, True)  # waiting for a CPU trainer to end: it prunes as usual
+    assert evaluation.protected_steps(run_dir) == {2}
+    evaluation.mark_waiting(run_dir, False)
+    assert evaluation.protected_steps(run_dir) == {2, 4, 5}
     pid_file.unlink()  # no live evaluator: unscored checkpoints are no longer kept back
     removed = prune_checkpoints(run_dir, keep=1, protect={1})
     assert sorted(p.name for p in removed) == ["step-0000004"]
@@ -209,14 +214,14 @@ def test_eval_sentences_in_the_config(own_home):
 
 
 def test_every_checkpoint_scored_then_best_generates(own_home, tiny_model, faster_whisper_model_path):
-    """A run saving 3 checkpoints while keeping only 1: the background evaluator the trainer
-    starts scores the base model and all three (none is pruned before it is scored), the
-    summary names the best by the rule, pruning afterwards keeps the best, and the best
-    generates."""
+    """A run on the CPU saving 3 checkpoints and keeping them: the background evaluator the
+    trainer starts waits for it to end (the CPU is the trainer's), then scores the base model
+    and all three; the summary names the best by the rule, pruning afterwards to 1 checkpoint
+    keeps the best, and the best generates."""
     from engine.generate import generate_speech
 
     config = make_run(
-        "scored", tiny_model, epochs=3, keep_checkpoints=1, evaluate=True, eval_whisper_model=faster_whisper_model_path,
+        "scored", tiny_model, epochs=3, keep_checkpoints=3, evaluate=True, eval_whisper_model=faster_whisper_model_path,
         eval_backend="faster-whisper", eval_sentences=["Hello there.", "Good morning to you all."],
     )  # fmt: skip
     run_dir = config.parent
@@ -246,6 +251,10 @@ def test_every_checkpoint_scored_then_best_generates(own_home, tiny_model, faste
     rows = [c | {"name": c["name"]} for c in summary["checkpoints"]]
     expected, _ = evaluation.choose_best(summary["baseline"], rows)
     assert summary["best"] == expected and summary["best"] is not None
+    assert "the trainer runs on the CPU" in log  # it waited, then scored
+    from engine.training.checkpoint import prune_checkpoints
+
+    prune_checkpoints(run_dir, keep=1)  # as a run keeping 1 checkpoint would: the best stays
     left = [c.name for c in runs.list_checkpoints(run_dir)]
     assert summary["best"]["name"] in left and saved[-1] in left and len(left) <= 2, left
     wav = generate_speech("anna", "Hi.", run="scored", checkpoint="best", base_model=tiny_model)
@@ -260,3 +269,24 @@ def test_every_checkpoint_scored_then_best_generates(own_home, tiny_model, faste
     done = subprocess.run(argv, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["best"] == summary["best"]
+
+
+def test_a_cpu_run_keeps_its_checkpoint_limit_while_the_evaluator_waits(
+    own_home, tiny_model, faster_whisper_model_path
+):
+    """The evaluator of a CPU run marks itself waiting, so the trainer prunes to
+    keep_checkpoints as without one; afterwards the checkpoints kept are the ones scored."""
+    config = make_run(
+        "bounded", tiny_model, epochs=3, keep_checkpoints=1, evaluate=True, eval_whisper_model=faster_whisper_model_path,
+        eval_backend="faster-whisper", eval_sentences=["Hello there."],
+    )  # fmt: skip
+    run_dir = config.parent
+    finish(train_subprocess(config, own_home))
+    assert len(runs.list_checkpoints(run_dir)) <= 2  # the newest and the best by validation, as without scoring
+    deadline = time.monotonic() + 300
+    while evaluation.evaluator_pid(run_dir) is not None and time.monotonic() < deadline:
+        time.sleep(1)
+    summary = evaluation.read_summary(run_dir)
+    assert "error" not in summary, summary
+    kept = {c.name for c in runs.list_checkpoints(run_dir)}
+    assert {c["name"] for c in summary["checkpoints"]} == kept and summary["best"]["name"] in kept

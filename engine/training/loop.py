@@ -263,7 +263,9 @@ def _train(
             # At every save: (re)start the evaluator unless one is alive, or unless the one
             # this trainer started could not run (its reason is in eval/summary.json).
             if cfg.evaluate and not (evaluator_started and evaluation.read_summary(run_dir).get("error")):
-                pid = evaluation.start_evaluator(run_dir.parent.name, run_dir.name, os.getpid())
+                pid = evaluation.start_evaluator(
+                    run_dir.parent.name, run_dir.name, os.getpid(), waiting=env.device.type == "cpu"
+                )
                 if pid not in evaluator_started:
                     evaluator_started.append(pid)
                     log(f"scoring checkpoints in the background (pid {pid}, eval/evaluate.log)")
