@@ -29,7 +29,6 @@ best one (:func:`protected_steps`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -588,31 +587,3 @@ def follow(voice: str, run: str, trainer_pid: int, whisper_model: str | None = N
     summary = update_summary(run_dir)
     log(f"done: best {summary['best']['name'] if summary.get('best') else 'none'} ({summary['best_reason']})")
     return 0
-
-
-# --------------------------------------------------------------------------- best of N
-
-
-def rank_candidates(scorer, wavs: list[str | os.PathLike], text: str) -> list[dict]:
-    """Order generation candidates by the checkpoint rule: those whose CER is within
-    :data:`CER_ABSOLUTE` of the lowest come first, by SECS (highest first); the rest follow by
-    CER. Returns one dict per WAV, best first: ``path``, ``rank`` (1 = best) and the
-    :meth:`engine.scoring.Scorer.score` fields. ``scorer``: an :class:`engine.scoring.Scorer`."""
-    from engine import audio
-
-    rows = []
-    for wav in wavs:
-        # Any length and level: a candidate that came out cut short or silent is ranked, not refused.
-        samples = audio.load_audio(wav, 16_000, min_seconds=0.0, silence_dbfs=-math.inf).numpy()
-        row = scorer.score(samples, text)
-        rows.append({"path": str(wav), **row})
-    lowest = min(r["cer"] for r in rows) if rows else 0.0
-
-    def key(row):
-        close = row["cer"] <= lowest + CER_ABSOLUTE
-        return (0, -(row["secs"] if row["secs"] is not None else -1.0), row["cer"]) if close else (1, row["cer"], 0)
-
-    ordered = sorted(rows, key=key)
-    for rank, row in enumerate(ordered, start=1):
-        row["rank"] = rank
-    return ordered

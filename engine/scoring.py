@@ -14,6 +14,7 @@ punctuation or symbols). The edit distances are jiwer's (Levenshtein alignment).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -310,6 +311,32 @@ class Scorer:
             flags.append("too slow or a babbling tail")
         row["flags"] = flags
         return row
+
+
+def rank_candidates(scorer: Scorer, wavs: list, text: str) -> list[dict]:
+    """Order generation candidates by the checkpoint rule: those whose CER is within
+    :data:`engine.evaluation.CER_ABSOLUTE` of the lowest come first, by SECS (highest first); the rest follow by
+    CER. Returns one dict per WAV, best first: ``path``, ``rank`` (1 = best) and the
+    :meth:`Scorer.score` fields; ``wavs``: paths of the candidates."""
+    from engine import audio
+    from engine.evaluation import CER_ABSOLUTE
+
+    rows = []
+    for wav in wavs:
+        # Any length and level: a candidate that came out cut short or silent is ranked, not refused.
+        samples = audio.load_audio(wav, 16_000, min_seconds=0.0, silence_dbfs=-math.inf).numpy()
+        row = scorer.score(samples, text)
+        rows.append({"path": str(wav), **row})
+    lowest = min(r["cer"] for r in rows) if rows else 0.0
+
+    def key(row):
+        close = row["cer"] <= lowest + CER_ABSOLUTE
+        return (0, -(row["secs"] if row["secs"] is not None else -1.0), row["cer"]) if close else (1, row["cer"], 0)
+
+    ordered = sorted(rows, key=key)
+    for rank, row in enumerate(ordered, start=1):
+        row["rank"] = rank
+    return ordered
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

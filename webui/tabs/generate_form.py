@@ -214,10 +214,10 @@ def scorer(ctx: TabContext, voice: str, language: str, log=print):
 
 def rank_outputs(ctx: TabContext, form: dict, wavs: list[Path], log=print) -> list[dict]:
     """Score the candidates ``wavs`` against the form's text and voice and order them best first
-    (:func:`engine.evaluation.rank_candidates`: intelligible first, then by SECS). Raises
+    (:func:`engine.scoring.rank_candidates`: intelligible first, then by SECS). Raises
     FileNotFoundError (the voice has no dataset) and TranscriptionError (an English-only Whisper
     model for another language)."""
-    from engine.evaluation import rank_candidates
+    from engine.scoring import rank_candidates
 
     return rank_candidates(scorer(ctx, form["voice"], form.get("language") or "en", log), wavs, form.get("text") or "")
 
