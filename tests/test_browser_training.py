@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -105,6 +106,20 @@ def curve_points(page, run: str, curve: str) -> int:
     """Vertices of a drawn curve: its SVG path has one M and one L per further point."""
     path = page.locator(f'[id="curve-{run}-{curve}"] path').first
     return (path.get_attribute("d") or "").count("L") + 1
+
+
+def wait_for_trainer(yaml_path, timeout: float = 20.0) -> list[int]:
+    """The trainer pids of ``yaml_path`` once one shows (a loaded machine can take a while
+    between the pid file and the exec); on a timeout the run folder's files explain why."""
+    deadline = time.monotonic() + timeout
+    while not (pids := trainer_pids(yaml_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not pids:
+        folder = Path(yaml_path).parent
+        found = {n: (folder / n).read_text()[-3000:] for n in (runs.PID_FILE, runs.STATUS, runs.PROCESS_LOG, runs.TRAIN_LOG)
+                 if (folder / n).is_file()}  # fmt: skip
+        pytest.fail(f"no trainer process for {yaml_path} after {timeout:g} s; run folder: {found}")
+    return pids
 
 
 def trainer_pids(yaml_path) -> list[int]:
@@ -216,8 +231,7 @@ def test_live_run_reattaches_after_refresh_and_restart(training_home, tiny_model
 
         page.locator("#training-start").dblclick()
         expect(page.locator(STATE)).to_have_text("running", timeout=30_000)
-        time.sleep(1.0)
-        pids = trainer_pids(yaml_path)
+        pids = wait_for_trainer(yaml_path)
         assert len(pids) == 1, pids
         assert runs.read_pid_file(yaml_path.parent)["pid"] == pids[0]
         with pytest.raises(process.TrainingAlreadyRunning):
