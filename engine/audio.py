@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
+
 SUPPORTED_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".m4a")
 
 MIN_SECONDS = 0.5
@@ -43,7 +46,7 @@ SILENCE_DBFS = -60.0
 """A recording whose peak is below this level (dBFS, 0 = full scale) is treated as silent."""
 
 
-class AudioError(ValueError):
+class AudioError(TimbreError, ValueError):
     """A file that cannot be used as speech audio; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -452,7 +455,7 @@ def loudness_normalise(audio: torch.Tensor, target_dbfs: float = -20.0, peak_dbf
 
 
 def save_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
-    """Write mono 16-bit PCM WAV atomically (see :func:`write_bytes_atomic`).
+    """Write mono 16-bit PCM WAV atomically (:func:`engine.files.write_bytes_atomic`).
 
     Args:
         path: destination; parent folders are created.
@@ -479,27 +482,6 @@ def save_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_r
         writer.setframerate(int(sample_rate))
         writer.writeframes(pcm.tobytes())
     return write_bytes_atomic(path, buffer.getvalue())
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
-
-    The bytes go to a temp file in the same folder (same file system), which is made ``0644``
-    and renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows). Parent folders
-    are created. No fsync: this protects against a crashed or killed process, not power loss.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -1,6 +1,8 @@
 """The ``python -m engine`` commands (a contract: tests and users depend on them).
 
-Thin: parse, call the engine, print. Errors become one ``error: …`` line and a non-zero exit.
+Thin: parse, call the engine, print. The engine's own errors (``engine.errors.TimbreError``) and
+file-system errors become one ``error: …`` line and a non-zero exit; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import sys
 from pathlib import Path
 
 from engine.config import FIELD_HELP, ConfigError, TrainConfig, new_run_config
+from engine.errors import TimbreError
 
 #: The GenerationSettings fields that ``generate`` takes as options, with their argparse types.
 GENERATION_OPTIONS = {
     "temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float, "length_penalty": float,
-    "speed": float, "seed": int, "max_seconds": float, "split_sentences": bool,
+    "speed": float, "seed": int, "max_seconds": float, "split_sentences": bool, "nfe_step": int,
+    "cfg_strength": float, "sway_sampling_coef": float,
 }  # fmt: skip
 
 
@@ -48,21 +52,27 @@ class _GenerationHelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="Timbre: XTTS-v2 voice fine-tuning.")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="Timbre: voice fine-tuning (XTTS-v2, F5-TTS v1)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    family_help = "model family: xtts (XTTS-v2 file layout) or f5 (F5-TTS v1 layout with a Vocos vocoder)"
 
-    p = sub.add_parser("tiny-model", help="write a tiny random model with the XTTS-v2 file layout")
+    p = sub.add_parser("tiny-model", help="write a tiny random model with a family's file layout")
     p.add_argument("directory", type=Path)
+    p.add_argument("--family", default="xtts", choices=["xtts", "f5"], help=family_help)
 
     p = sub.add_parser(
-        "random-model", help="write a random model with the XTTS-v2 file layout (tiny, or XTTS-v2's full size)"
+        "random-model", help="write a random model with a family's file layout (tiny, or the released full size)"
     )
     p.add_argument("directory", type=Path)
+    p.add_argument("--family", default="xtts", choices=["xtts", "f5"], help=family_help)
     p.add_argument(
         "--size",
         default="tiny",
         choices=["tiny", "full"],
-        help="tiny: 2 layers x 64 wide x 4 heads (tests); full: XTTS-v2's 30 x 1024 x 16, a 1.9 GB model.pth",
+        help="tiny: a few layers, 64 wide (tests); full: the released dimensions (XTTS-v2: GPT 30 x 1024 x 16, "
+        "a 1.9 GB model.pth; F5-TTS v1 Base: DiT 22 x 1024 x 16, 1.35 GB)",
     )
     p.add_argument("--seed", type=int, default=0)
 
@@ -89,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mel_loss_weight": float, "milestones": _milestones, "gamma": float, "batch_size": int,
         "gradient_accumulation": int, "validate_every": int, "save_every": int, "gpus": _gpus, "seed": int,
         "keep_checkpoints": int, "max_steps": int, "precision": str, "language": str, "init_weights": str,
-        "eval_seed": int, "eval_backend": str, "eval_whisper_model": str,
+        "eval_seed": int, "eval_backend": str, "eval_whisper_model": str, "family": str, "lr_schedule": str,
+        "warmup_fraction": float, "warmup_min_updates": int, "batch_frames": int, "ema_decay": float,
+        "weight_decay": float, "max_grad_norm": float, "min_audio_seconds": float, "max_audio_seconds": float,
+        "optimizer": str,
     }  # fmt: skip
     for name, kind in options.items():
         p.add_argument(
@@ -223,23 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args)
-    except (
-        ValueError,
-        FileExistsError,
-        FileNotFoundError,
-        RuntimeError,
-        OSError,
-    ) as exc:
+    except (TimbreError, OSError) as exc:  # anything else is a bug: its traceback is printed
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
 def _run(args) -> int:
     if args.command in ("tiny-model", "random-model"):
-        from engine.models import write_random_model
+        from engine.models import get_family
 
+        family = get_family(args.family)
         size, seed = getattr(args, "size", "tiny"), getattr(args, "seed", 0)
-        print(f"wrote a {size} random XTTS-v2-layout model to {write_random_model(args.directory, size, seed)}")
+        folder = family.write_random_model(args.directory, size, seed)
+        print(f"wrote a {size} random {family.title}-layout model to {folder}")
         return 0
     if args.command == "prepare":
         from engine.dataset import prepare_command
@@ -261,7 +270,7 @@ def _run(args) -> int:
         print(f"wrote {config.save_new()}")
         return 0
     if args.command == "branch":
-        from engine.config import branch_run
+        from engine.training.branch import branch_run
 
         path = branch_run(args.voice, args.run, args.new_run, args.checkpoint, args.learning_rate_factor)
         print(f"wrote {path}")

@@ -35,6 +35,8 @@ import torch
 
 from engine import audio as audio_io
 from engine import models, paths
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
 
 RECORDING = "recording"
 CLIP = "dataset clip"
@@ -48,7 +50,7 @@ MAX_REFERENCE_SECONDS = 30
 CHUNK_SECONDS = 6
 
 
-class ConditioningError(ValueError):
+class ConditioningError(TimbreError, ValueError):
     """No usable reference, or a reference that is not one of the voice's files (named)."""
 
 
@@ -163,7 +165,7 @@ def save_cached(path: Path, latents: torch.Tensor, speaker: torch.Tensor, info: 
     buffer = io.BytesIO()
     data = {"gpt_cond_latent": latents.detach().cpu().clone(), "speaker_embedding": speaker.detach().cpu().clone()}
     torch.save({**data, "info": json.dumps(info)}, buffer)
-    return audio_io.write_bytes_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def compute_latents(model, references: Sequence[Path], log: Callable[[str], None] = print):

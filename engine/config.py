@@ -12,23 +12,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 from engine import languages, paths
+from engine.errors import TimbreError
+from engine.files import write_text_atomic
 
 
-class ConfigError(ValueError):
+class ConfigError(TimbreError, ValueError):
     """A training configuration that cannot be used; the message names the field or file."""
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamw8bit")  # engine.training.performance.make_optimizer
 
-#: Module groups of the XTTS GPT that ``freeze`` may name (see engine.training.freezing).
+#: Model families (engine.models): xtts (XTTS-v2) and f5 (F5-TTS v1).
+FAMILIES = ("xtts", "f5")
+#: Module groups of the XTTS GPT that ``freeze`` may name (engine.models.xtts).
 FREEZE_GROUPS = (
     "text_embedding",
     "text_head",
@@ -37,6 +40,13 @@ FREEZE_GROUPS = (
     "conditioning_encoder",
     "transformer",
 )
+#: The groups each family's ``freeze`` may name; equal to each family's ``freeze_group_names``
+#: (tests/test_model_families.py checks it), kept here so configuration imports no model code.
+FREEZE_GROUPS_BY_FAMILY = {
+    "xtts": FREEZE_GROUPS,
+    "f5": ("text_embedding", "input_embedding", "time_embedding", "transformer_blocks", "output"),
+}
+LR_SCHEDULES = ("multistep", "warmup_linear")
 
 FIELD_HELP: dict[str, str] = {}
 
@@ -62,10 +72,15 @@ class TrainConfig:
         "Voice name: the dataset is datasets/<voice>/ and the references voices/<voice>/.",
     )
     run: str = _f("", "Run name: the run folder is training/<voice>/<run>/.")
+    family: str = _f(
+        "xtts",
+        "Model family of the base model: xtts (XTTS-v2, a GPT over audio codes) or f5 (F5-TTS v1, flow "
+        "matching on mel spectrograms). A new run reads it from the base-model folder.",
+    )
     base_model: str = _f(
         "",
-        "Folder with the XTTS-v2 files (model.pth, config.json, vocab.json, dvae.pth, mel_stats.pth). "
-        "Empty: models/xtts-v2/.",
+        "Base-model folder: XTTS-v2 files (model.pth, config.json, vocab.json, dvae.pth, mel_stats.pth) or "
+        "F5-TTS files (model safetensors, vocab.txt, vocoder/). Empty: models/xtts-v2/.",
     )
     init_weights: str = _f(
         "",
@@ -90,6 +105,31 @@ class TrainConfig:
         "ai-voice-cloning). Empty keeps it constant.",
     )
     gamma: float = _f(0.5, "Factor applied to the learning rate at each milestone.")
+    lr_schedule: str = _f(
+        "multistep",
+        "multistep: the learning rate is multiplied by gamma after each milestone epoch (XTTS recipes); "
+        "warmup_linear: it rises linearly over the warm-up updates, then falls linearly to zero at the last "
+        "update (F5-TTS's fine-tuning recipe).",
+    )
+    warmup_fraction: float = _f(
+        0.05,
+        "warmup_linear: share of all updates spent warming up (F5-TTS: 5 %).",
+    )
+    warmup_min_updates: int = _f(
+        100,
+        "warmup_linear: at least this many warm-up updates when the run has four times as many in all.",
+    )
+    batch_frames: int = _f(
+        0,
+        "Batch size counted in mel frames per GPU (F5-TTS's unit; its recipe uses 3200 frames, about 34 s of "
+        "audio): clips sorted by length are packed up to this many frames. 0: batches count clips (batch_size).",
+    )
+    ema_decay: float = _f(
+        0.0,
+        "Keep an exponential moving average (EMA) of the weights with this decay per update (e.g. 0.999), "
+        "saved in each checkpoint as ema.safetensors; generation can use it or the raw weights. 0: off "
+        "(F5-TTS's authors: EMA 'might be harmful for early fine-tunes').",
+    )
     batch_size: int = _f(
         4,
         "Clips per optimizer step across all GPUs (the global batch), before gradient accumulation splits it.",
@@ -128,7 +168,9 @@ class TrainConfig:
     )
     freeze: list[str] = _f(
         [],
-        "GPT module groups left untouched: " + ", ".join(FREEZE_GROUPS) + ".",
+        "Module groups left untouched, parameters and buffers: "
+        + "; ".join(f"{name}: {', '.join(groups)}" for name, groups in FREEZE_GROUPS_BY_FAMILY.items())
+        + ".",
     )
     max_grad_norm: float = _f(1.0, "Gradients are clipped to this L2 norm (0: no clipping).")
     max_text_tokens: int = _f(
@@ -257,12 +299,19 @@ class TrainConfig:
             "precision",
             f"must be one of {', '.join(PRECISIONS)}",
         )
-        unknown = sorted(set(self.freeze) - set(FREEZE_GROUPS))
+        need(self.family in FAMILIES, "family", f"must be one of {', '.join(FAMILIES)}")
+        groups = FREEZE_GROUPS_BY_FAMILY[self.family]
+        unknown = sorted(set(self.freeze) - set(groups))
         need(
             not unknown,
             "freeze",
-            f"unknown groups {unknown}; known: {', '.join(FREEZE_GROUPS)}",
+            f"unknown groups {unknown} for family {self.family}; known: {', '.join(groups)}",
         )
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
+        need(0 <= self.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
+        need(self.warmup_min_updates >= 0, "warmup_min_updates", "must not be negative")
+        need(self.batch_frames >= 0, "batch_frames", "must not be negative (0: batches count clips)")
+        need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0: no EMA)")
         need(self.max_grad_norm >= 0, "max_grad_norm", "must not be negative")
         need(
             0 < self.min_audio_seconds < self.max_audio_seconds,
@@ -393,7 +442,9 @@ for _field in dataclasses.fields(TrainConfig):
 
 
 def new_run_config(voice: str, run: str, **values) -> TrainConfig:
-    """The TrainConfig of a new run of ``voice``: ``values`` (TrainConfig fields) as given, and
+    """The TrainConfig of a new run of ``voice``: ``values`` (TrainConfig fields) as given;
+    ``family``, when not given, read from the base-model folder (engine.models.family_of), with
+    that family's recipe (``ModelFamily.config_defaults``) for the fields not given; and
     ``language``, when not given (or empty), the dataset's language read from
     ``datasets/<voice>/report.json`` (:func:`engine.languages.default_language`; ``"en"`` when
     the dataset records none). An explicit ``language`` wins. ``eval_sentences``, when not
@@ -403,6 +454,16 @@ def new_run_config(voice: str, run: str, **values) -> TrainConfig:
     Raises ConfigError naming the field: a bad value, or a dataset in a language XTTS-v2 cannot
     speak (then ``--language`` / the form chooses one).
     """
+    if not values.get("family"):
+        from engine.models import family_of
+
+        base = Path(values["base_model"]) if values.get("base_model") else paths.default_base_model_dir()
+        values["family"] = family_of(base)
+    if values["family"] in FAMILIES:
+        from engine.models import get_family
+
+        # The family's recipe (e.g. F5-TTS: lr 1e-5, warm-up, frames per batch) for what is not given.
+        values = {**get_family(values["family"]).config_defaults, **values}
     if not values.get("language"):
         try:
             values["language"] = languages.default_language(voice)
@@ -429,21 +490,6 @@ def dataset_texts(dataset_dir: str | os.PathLike) -> list[tuple[str, str]]:
             continue
         rows += [(parts[0], parts[1]) for parts in (line.split("|") for line in lines) if len(parts) >= 2]
     return rows
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def count_dataset_clips(dataset_dir: str | os.PathLike) -> tuple[int, int]:
@@ -516,33 +562,3 @@ def check_against_dataset(config: TrainConfig, n_train_clips: int, n_validation_
             "expect loss spikes and a voice that drifts."
         )
     return warnings
-
-
-def branch_run(
-    voice: str, run: str, new_run: str, checkpoint: str = "latest", learning_rate_factor: float = 1.0
-) -> Path:
-    """ "Start a new run from these weights": a new run with ``run``'s settings whose GPT starts
-    from ``checkpoint``'s weights, at ``learning_rate_factor`` times its learning rate (0.5 after
-    a loss spike is the usual remedy). The weights are copied into the new run folder
-    (``init.safetensors``) so pruning the old run never breaks the new one.
-
-    Returns the new train.yaml. Raises FileNotFoundError (unknown run or checkpoint),
-    FileExistsError (``new_run`` exists) and ConfigError.
-    """
-    import shutil
-
-    from engine import runs
-
-    source_dir = paths.run_dir(voice, run)
-    source = TrainConfig.load(source_dir / "train.yaml")
-    info = runs.find_checkpoint(source_dir, checkpoint)
-    if not 0 < learning_rate_factor <= 10:
-        raise ConfigError(f"learning_rate_factor must be in (0, 10], got {learning_rate_factor}")
-    config = dataclasses.replace(source, run=new_run, learning_rate=source.learning_rate * learning_rate_factor)
-    target = config.run_dir()
-    if (target / "train.yaml").exists():
-        raise FileExistsError(f"run {new_run!r} of voice {voice!r} already exists: {target}")
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(info.path / "model.safetensors", target / "init.safetensors")
-    config.init_weights = str(target / "init.safetensors")
-    return config.save_new()

@@ -25,7 +25,6 @@ Where to cut is :func:`engine.clips.plan_clips`; the per-clip quality figures ar
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -53,14 +52,17 @@ from engine.audio import (
     peak,
     rms_dbfs,
     save_wav,
-    write_bytes_atomic,
 )
 from engine.clips import PlannedClip, plan_clips
 from engine.dataset_checks import HALLUCINATIONS as HALLUCINATIONS  # re-exported: the checks' thresholds
 from engine.dataset_checks import MISMATCH_CER as MISMATCH_CER
 from engine.dataset_checks import SILENCE_BELOW_MEDIAN_DB as SILENCE_BELOW_MEDIAN_DB
 from engine.dataset_quality import clip_audio_stats, word_confidence
-from engine.dataset_records import ClipRecord, DatasetReport
+from engine.dataset_records import VOICE_SETTINGS_FILE, ClipRecord, DatasetReport
+from engine.dataset_records import load_clips as load_clips  # re-exported: the dataset's readers
+from engine.dataset_records import voice_settings as voice_settings
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
 
 SAMPLE_RATE = 22_050
 """Clip sample rate in Hz: XTTS-v2's GPT/DVAE rate (``XttsAudioConfig.sample_rate``)."""
@@ -72,7 +74,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 
-class DatasetError(ValueError):
+class DatasetError(TimbreError, ValueError):
     """No dataset could be made. ``skipped`` lists ``{"file", "reason"}`` per unusable file."""
 
     def __init__(self, message: str, skipped: list[dict] | None = None):
@@ -137,8 +139,7 @@ def prepare_dataset(
         engine.paths.InvalidNameError: bad voice name.
         engine.transcribe.TranscriptionError: unknown backend, unknown language, or a
             language other than English with an English-only model (nothing is written).
-        ValueError: ``validation_fraction`` outside [0, 1).
-        DatasetError: no recordings, the Whisper model cannot be loaded, no clip was made,
+        DatasetError: ``validation_fraction`` outside [0, 1), no recordings, the Whisper model cannot be loaded, no clip was made,
             edits.json cannot be read, or another run holds the dataset; the message lists
             each file's reason and the old dataset is kept.
     """
@@ -147,7 +148,7 @@ def prepare_dataset(
     voice = paths.check_name(voice, "voice name")
     source_dir, out_dir = paths.voice_dir(voice), paths.dataset_dir(voice)
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        raise DatasetError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     language = _check_language_code(language)
     model = _resolve_model(backend, whisper_model)
     recordings, skipped = _find_recordings(source_dir, log)
@@ -214,26 +215,10 @@ def prepare_command(
             progress=progress,
             log=log,
         )
-    except ValueError as error:  # DatasetError, InvalidNameError, TranscriptionError
+    except TimbreError as error:  # DatasetError, InvalidNameError, TranscriptionError, ...
         error_log(f"error: {error}")
         return 1
     return 0
-
-
-VOICE_SETTINGS_FILE = "prepare.json"
-
-
-def voice_settings(voice: str) -> dict:
-    """The transcription settings last used for the voice (``datasets/<voice>/prepare.json``):
-    ``{"backend", "whisper_model", "language"}``; {} when none are saved or the file is
-    unreadable. Raises InvalidNameError for a bad voice name."""
-    path = paths.dataset_dir(voice) / VOICE_SETTINGS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    keys = ("backend", "whisper_model", "language")
-    return {k: data[k] for k in keys if isinstance(data, dict) and isinstance(data.get(k), str)}
 
 
 def save_voice_settings(voice: str, backend: str, whisper_model: str | None, language: str) -> None:
@@ -241,34 +226,6 @@ def save_voice_settings(voice: str, backend: str, whisper_model: str | None, lan
     data = {"backend": backend, "whisper_model": whisper_model or "", "language": language}
     text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
     write_bytes_atomic(paths.dataset_dir(voice) / VOICE_SETTINGS_FILE, text.encode("utf-8"))
-
-
-def load_clips(voice: str) -> list[dict]:
-    """The clips of ``datasets/<voice>/``: train rows, then validation rows.
-
-    Each dict has the csv columns (``audio_file``, ``text``, ``speaker_name``) plus
-    ``split`` (``"train"`` or ``"validation"``), ``path`` (absolute path of the wav, as
-    text) and ``duration`` (seconds, from report.json; None if unknown). [] when the voice
-    has no dataset. Raises InvalidNameError for a bad voice name.
-    """
-    out_dir = paths.dataset_dir(voice)
-    durations = {}
-    try:
-        report = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
-        durations = {c["audio_file"]: c["duration"] for c in report["per_clip"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    rows = []
-    for split in ("train", "validation"):
-        csv_path = out_dir / f"{split}.csv"
-        if not csv_path.is_file():
-            continue
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle, delimiter="|"):
-                name = row["audio_file"]
-                extra = {"path": str(out_dir / name), "duration": durations.get(name)}
-                rows.append({**row, "split": split, **extra})
-    return rows
 
 
 def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, started) -> DatasetReport:

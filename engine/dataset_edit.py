@@ -42,7 +42,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine import paths, transcribe
-from engine.audio import AudioError, load_audio, write_bytes_atomic
+from engine.audio import AudioError, load_audio
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
 
 EDITS_FILE = "edits.json"
 EDITS_VERSION = 1
@@ -50,7 +52,7 @@ CSV_HEADER = ("audio_file", "text", "speaker_name")
 ORIGINS = ("whisper", "manual")
 
 
-class DatasetEditError(ValueError):
+class DatasetEditError(TimbreError, ValueError):
     """A change that cannot be made: no dataset, no such clip, empty text, unreadable edits.json,
     a failed re-transcription. The message names the file."""
 

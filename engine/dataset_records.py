@@ -4,11 +4,19 @@
 :func:`engine.dataset.prepare_dataset` makes them; :mod:`engine.dataset_edit` and
 :mod:`engine.dataset_quality` read report.json as plain dicts (``to_dict``/``from_dict`` are
 the boundary).
+
+The readers of a prepared dataset live here too, below everything that uses them (the
+scorer's voice reference among them): :func:`load_clips` (the csv rows) and
+:func:`voice_settings` (``prepare.json``, the transcription settings last used).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import asdict, dataclass, field, fields
+
+from engine import paths
 
 
 @dataclass
@@ -128,3 +136,47 @@ class DatasetReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+VOICE_SETTINGS_FILE = "prepare.json"
+
+
+def voice_settings(voice: str) -> dict:
+    """The transcription settings last used for the voice (``datasets/<voice>/prepare.json``):
+    ``{"backend", "whisper_model", "language"}``; {} when none are saved or the file is
+    unreadable. Raises InvalidNameError for a bad voice name."""
+    path = paths.dataset_dir(voice) / VOICE_SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keys = ("backend", "whisper_model", "language")
+    return {k: data[k] for k in keys if isinstance(data, dict) and isinstance(data.get(k), str)}
+
+
+def load_clips(voice: str) -> list[dict]:
+    """The clips of ``datasets/<voice>/``: train rows, then validation rows.
+
+    Each dict has the csv columns (``audio_file``, ``text``, ``speaker_name``) plus
+    ``split`` (``"train"`` or ``"validation"``), ``path`` (absolute path of the wav, as
+    text) and ``duration`` (seconds, from report.json; None if unknown). [] when the voice
+    has no dataset. Raises InvalidNameError for a bad voice name.
+    """
+    out_dir = paths.dataset_dir(voice)
+    durations = {}
+    try:
+        report = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
+        durations = {c["audio_file"]: c["duration"] for c in report["per_clip"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    rows = []
+    for split in ("train", "validation"):
+        csv_path = out_dir / f"{split}.csv"
+        if not csv_path.is_file():
+            continue
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle, delimiter="|"):
+                name = row["audio_file"]
+                extra = {"path": str(out_dir / name), "duration": durations.get(name)}
+                rows.append({**row, "split": split, **extra})
+    return rows

@@ -38,7 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine import paths, runs
-from engine.audio import write_bytes_atomic
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
+from engine.scoring import CER_ABSOLUTE as CER_ABSOLUTE  # re-exported: part of choose_best's rule
 
 EVAL_DIR = runs.EVAL_DIR
 SUMMARY_FILE = runs.EVAL_SUMMARY
@@ -51,8 +53,6 @@ CER_FACTOR = 1.5
 """A checkpoint may be the best only if its median CER is at most this multiple of the base
 model's (or under :data:`CER_ABSOLUTE`): fine-tuning must not cost intelligibility."""
 
-CER_ABSOLUTE = 0.1
-"""A median CER under this counts as intelligible whatever the baseline's."""
 
 POLL_SECONDS = 2.0
 """How often the background evaluator looks for new checkpoints."""
@@ -71,7 +71,7 @@ English reading pace, when the dataset gives none): a babbling tail is cut and s
 (its pace is flagged) without spending a model's full 28 s on it."""
 
 
-class EvaluationError(ValueError):
+class EvaluationError(TimbreError, ValueError):
     """A run or checkpoint that cannot be evaluated; the message names it and the reason."""
 
 
@@ -305,13 +305,13 @@ class Evaluator:
 
     def __init__(self, plan: EvalPlan, device: str = "auto", log=print):
         from engine import conditioning
-        from engine.generate import Synthesizer
+        from engine.generate import make_synthesizer
         from engine.scoring import Scorer
 
         self.plan, self.log = plan, log
         self.scorer = Scorer(plan.voice, plan.language, plan.backend, plan.whisper_model, device, log)
         torch_device = None if device == "auto" else device
-        self.synthesizer = Synthesizer(plan.base_model, device=torch_device)
+        self.synthesizer = make_synthesizer(plan.base_model, device=torch_device)  # the run's family
         self.references = conditioning.resolve_references(plan.voice, None)
 
     def setup(self) -> dict:

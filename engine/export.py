@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 
 from engine import conditioning, generate, models, paths, runs
 from engine.config import TrainConfig
+from engine.errors import TimbreError
 
 EXPORTS_DIR = "exports"
 MANIFEST = "timbre.json"
@@ -48,7 +49,7 @@ SPEAKERS_FILE = "speakers_xtts.pth"
 _STORED = (".pth", ".wav", ".mp3", ".flac", ".ogg", ".m4a", ".safetensors")
 
 
-class ExportError(ValueError):
+class ExportError(TimbreError, ValueError):
     """An export or import that cannot be done; the message names the run, file or zip member."""
 
 
@@ -111,6 +112,8 @@ def final_metrics(run_dir: Path) -> dict:
 def _loss_line(row: dict | None) -> str:
     if not row:
         return "none recorded"
+    if "loss_flow" in row:  # F5-TTS: one loss
+        return f"flow-matching loss {row['loss_flow']:.4f} (step {row.get('step')})"
     return (f"text CE {row.get('loss_text_ce', float('nan')):.4f}, mel CE {row.get('loss_mel_ce', float('nan')):.4f}, "
             f"loss {row.get('loss', float('nan')):.4f} (step {row.get('step')})")  # fmt: skip
 
@@ -265,6 +268,8 @@ def export_model(
     if not run or run == generate.BASE_MODEL or run.startswith(generate.IMPORTED_PREFIX):
         raise ExportError("choose a run of the voice to export: only a fine-tune can be exported")
     weights = generate.resolve_model(voice, run, checkpoint, base_model)
+    if models.family_of(weights.model_dir) == "f5":
+        return export_f5(voice, run, weights, out, report, log)
     model_dir = models.require_base_model(weights.model_dir)
     references = conditioning.resolve_references(voice, references)
     report(0.05, "conditioning latents")
@@ -301,6 +306,59 @@ def export_model(
             archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n", zipfile.ZIP_DEFLATED)
         os.chmod(part, 0o644)
         os.replace(part, out)
+    report(1.0, "done")
+    log(f"exported {voice}/{run} {weights.checkpoint} to {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out
+
+
+def export_f5(voice: str, run: str, weights, out, report, log) -> Path:
+    """An F5-TTS run's checkpoint as a zip that f5_tts's own loaders read
+    (engine.models.f5.export: model.safetensors, vocab.txt, model.yaml, vocoder/, MODEL_CARD.md);
+    the checkpoint's EMA weights when it has them."""
+    from engine.models.f5 import export as f5_export
+    from engine.models.f5 import files as f5_files
+
+    ema_file = weights.gpt.parent / runs.EMA_FILE
+    ema = ema_file.is_file()
+    state = load_file(str(ema_file if ema else weights.gpt))
+    out = Path(out) if out else export_path(voice, run, weights.checkpoint)
+    run_dir = paths.run_dir(voice, run)
+    config = TrainConfig.load(run_dir / "train.yaml")
+    metrics, size = final_metrics(run_dir), dataset_size(voice)
+    base = (
+        "a random test model with the F5-TTS layout"
+        if f5_files.is_random_model(weights.model_dir)
+        else "F5-TTS v1 Base"
+    )
+    batch = f"{config.batch_frames} frames per GPU" if config.batch_frames else f"{config.batch_size} clips"
+    card = f"""# {voice}: a fine-tuned F5-TTS voice
+
+Run `{run}` of voice `{voice}` at checkpoint `{weights.checkpoint}` ({"EMA" if ema else "raw"} weights), exported by
+Timbre on {time.strftime("%Y-%m-%d %H:%M")}. Base model: {base} (`{weights.model_dir.name}`).
+
+## Licence
+
+**{models.get_family("f5").license_name}**: the F5-TTS v1 weights and this fine-tune of them, and the
+speech they make, may be used for **non-commercial purposes only**, with attribution. Code: f5-tts (MIT);
+vocoder: Vocos (MIT).
+
+## Training
+
+| Setting | Value |
+|---|---|
+| Steps | {metrics["step"]} ({metrics["state"]}) |
+| Epochs | {config.epochs} |
+| Batch | {batch} x {config.gradient_accumulation} accumulation |
+| Learning rate | {config.learning_rate:g} ({config.lr_schedule}) |
+| EMA decay | {config.ema_decay:g} |
+| Precision | {config.precision} |
+| Final training loss | {_loss_line(metrics["train"])} |
+| Final validation loss | {_loss_line(metrics["validation"])} |
+| Dataset (at export) | {size["train_clips"]} training + {size["validation_clips"]} validation clips, {size["seconds"]:.1f} s |
+{_scores_section(run_dir, weights.checkpoint)}
+"""
+    report(0.3, "writing the zip")
+    f5_export.export_model(weights.model_dir, state, out, card, ema=ema)
     report(1.0, "done")
     log(f"exported {voice}/{run} {weights.checkpoint} to {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
@@ -353,6 +411,14 @@ def import_model(
         raise ExportError(f"{zip_path.name}: not a readable zip file ({exc})") from None
     with archive:
         members = _safe_members(archive, zip_path)
+        if "vocab.txt" in members and "model.pth" not in members:  # an F5-TTS export
+            archive.close()
+            from engine.models.f5 import export as f5_export
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder = f5_export.import_model(zip_path, target)
+            log(f"imported {zip_path.name} (F5-TTS) as {folder}")
+            return folder
         missing = [f for f in models.REQUIRED_FILES if f not in members]
         if missing:
             raise ExportError(f"{zip_path.name}: not an XTTS-v2 model export, missing {', '.join(missing)}")

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from engine import audio as audio_io
 from engine import conditioning, languages, models, paths, streaming
 from engine.conditioning import ConditioningError
+from engine.files import write_bytes_atomic
 from engine.weights import (
     BASE_MODEL,
     IMPORTED_PREFIX,
@@ -74,6 +75,15 @@ class GenerationSettings:
         "Split text longer than the language's limit (250 characters in English) at sentence ends and speak "
         "each part (coqui's text splitting); off, longer text may come out cut short.",
     )
+    nfe_step: int = _setting(
+        32, "F5-TTS: ODE steps of the flow-matching sampler (function evaluations; F5's default 32)."
+    )
+    cfg_strength: float = _setting(
+        2.0, "F5-TTS: classifier-free guidance strength (F5's default 2.0): higher follows the text more closely."
+    )
+    sway_sampling_coef: float = _setting(
+        -1.0, "F5-TTS: sway sampling of the time steps (F5's default -1.0 spends more steps early on)."
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 5:
@@ -86,6 +96,10 @@ class GenerationSettings:
             raise GenerationError(f"speed must be in [0.25, 4], got {self.speed}")
         if self.max_seconds < 0:
             raise GenerationError(f"max_seconds must not be negative, got {self.max_seconds}")
+        if not 1 <= self.nfe_step <= 128:
+            raise GenerationError(f"nfe_step must be between 1 and 128, got {self.nfe_step}")
+        if not 0 <= self.cfg_strength <= 10:
+            raise GenerationError(f"cfg_strength must be in [0, 10], got {self.cfg_strength}")
 
     def inference_kwargs(self) -> dict:
         """Keyword arguments of coqui's ``Xtts.inference`` / ``inference_stream`` (without the seed).
@@ -114,6 +128,8 @@ class Synthesizer:
     Not thread-safe: callers use one synthesizer from one task at a time (the web UI runs
     generation and export in one queue).
     """
+
+    family = "xtts"
 
     def __init__(self, base_model: str | Path | None = None, device: str | None = None, precision: str = "auto"):
         self.base_model = Path(base_model) if base_model else paths.default_base_model_dir()
@@ -301,6 +317,18 @@ class Synthesizer:
             raise GenerationError(str(error)) from None
 
 
+def make_synthesizer(model_dir: str | Path | None = None, device=None):
+    """The synthesizer of ``model_dir``'s family: :class:`Synthesizer` for XTTS-v2 (also for a
+    folder still to be downloaded), ``engine.models.f5.synthesizer.F5Synthesizer`` for F5-TTS."""
+    model_dir = Path(model_dir) if model_dir else paths.default_base_model_dir()
+    device = str(device) if device is not None else None
+    if models.family_of(model_dir) == "f5":
+        from engine.models.f5.synthesizer import F5Synthesizer
+
+        return F5Synthesizer(model_dir, device=device)
+    return Synthesizer(model_dir, device=device)
+
+
 def _check_text(text: str, language: str | None = None) -> str:
     text = (text or "").strip()
     if not text:
@@ -344,7 +372,7 @@ class _Job:
             "seconds": round(duration, 3), "real_time_factor": round(seconds / max(duration, 1e-9), 3),
             "created": time.time(), **extra,
         }  # fmt: skip
-        audio_io.write_bytes_atomic(out.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
+        write_bytes_atomic(out.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
         first = f", first audio after {extra['first_audio_seconds']:.2f} s" if extra.get("first_audio_seconds") else ""
         log(
             f"wrote {out} ({duration:.2f} s of audio in {seconds:.1f} s, RTF {seconds / max(duration, 1e-9):.2f}{first})"
@@ -363,7 +391,9 @@ def _prepare(voice, text, run, checkpoint, base_model, settings, language, refer
         base_model = synthesizer.base_model
     weights = resolve_model(voice, run, checkpoint, base_model)
     refs = conditioning.resolve_references(voice, references)
-    synthesizer = synthesizer or Synthesizer(base_model)
+    family = models.family_of(weights.model_dir)
+    if synthesizer is None or getattr(synthesizer, "family", "xtts") != family:
+        synthesizer = make_synthesizer(weights.model_dir, device=getattr(synthesizer, "device", None))
     synthesizer.load(weights, log=log)
     return _Job(voice, text, weights, refs, settings, language, synthesizer)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 from engine import paths
+from engine.errors import TimbreError
 
 #: XTTS-v2's language codes (in its config's order) → English names.
 LANGUAGES: dict[str, str] = {
@@ -48,7 +49,7 @@ _XTTS_TO_WHISPER = {xtts: whisper for whisper, xtts in _WHISPER_TO_XTTS.items()}
 _BY_NAME = {name.lower(): code for code, name in LANGUAGES.items()}
 
 
-class LanguageError(ValueError):
+class LanguageError(TimbreError, ValueError):
     """A language XTTS-v2 cannot speak; the message names the field or file and the value."""
 
 

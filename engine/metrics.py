@@ -8,11 +8,13 @@ can poll it every second on a run with 100 000 steps.
 Rows read (anything else is ignored):
 
 - train rows (``split == "train"``): ``step``, ``epoch`` (a float: 2.5 is half-way through the
-  third epoch), ``loss_text_ce``, ``loss_mel_ce`` (unweighted cross-entropies, nats per token),
-  ``lr``, ``grad_norm`` (L2 norm before clipping); one row per applied update (a skipped one
-  has a ``skipped_step`` event instead; older runs wrote a row leaving out its non-finite values);
-- validation rows (``split == "validation"``): ``step``, ``epoch``, ``loss_text_ce``,
-  ``loss_mel_ce``, ``loss`` (the weighted sum the best checkpoint is chosen by);
+  third epoch), the family's loss terms (XTTS-v2: ``loss_text_ce``, ``loss_mel_ce``, unweighted
+  cross-entropies in nats per token; F5-TTS: ``loss_flow``, the flow-matching MSE), ``lr``,
+  ``grad_norm`` (L2 norm before clipping), ``samples_per_second``; one row per applied update (a
+  skipped one has a ``skipped_step`` event instead; older runs wrote a row leaving out its
+  non-finite values);
+- validation rows (``split == "validation"``): ``step``, ``epoch``, the loss terms and ``loss``
+  (the optimised loss, by which the trainer keeps its best checkpoint);
 - event rows (``event``): ``checkpoint`` (a checkpoint saved after ``step``), ``spike`` (a
   training loss over 3x its moving average, with ``last_good_step``), ``skipped_step`` (an
   update not applied, after ``step`` applied ones), ``oom_retry`` / ``oom_split`` (CUDA out of memory recovered).
@@ -33,9 +35,10 @@ from pathlib import Path
 from engine import runs
 
 #: Train-row quantities: series name → metrics key.
-TRAIN_KEYS = {"text_ce": "loss_text_ce", "mel_ce": "loss_mel_ce", "lr": "lr", "grad_norm": "grad_norm"}
+TRAIN_KEYS = {"text_ce": "loss_text_ce", "mel_ce": "loss_mel_ce", "flow": "loss_flow", "lr": "lr",
+              "grad_norm": "grad_norm", "speed": "samples_per_second"}  # fmt: skip
 #: Validation-row quantities: series name → metrics key.
-VALIDATION_KEYS = {"text_ce": "loss_text_ce", "mel_ce": "loss_mel_ce", "loss": "loss"}
+VALIDATION_KEYS = {"text_ce": "loss_text_ce", "mel_ce": "loss_mel_ce", "flow": "loss_flow", "loss": "loss"}
 #: Event kinds kept for the plot markers.
 EVENTS = ("checkpoint", "spike", "skipped_step", "oom_retry", "oom_split")
 #: The x axes a plot may use.
@@ -187,8 +190,14 @@ class RunSeries:
         return spikes[-1] if spikes else None
 
     def point_count(self) -> int:
-        """Train points (mel CE) plus validation points (loss): a quick size for tests and the UI."""
-        return len(self.train["mel_ce"]) + len(self.validation["loss"])
+        """Train points (the main loss: mel CE, or the flow loss of an F5-TTS run) plus validation
+        points (loss): a quick size for tests and the UI."""
+        return len(self.train[self.main_loss()]) + len(self.validation["loss"])
+
+    def main_loss(self) -> str:
+        """The series of the loss that makes the voice: ``flow`` for a run that logs the
+        flow-matching loss (F5-TTS), else ``mel_ce`` (XTTS-v2)."""
+        return "flow" if len(self.train["flow"]) or len(self.validation["flow"]) else "mel_ce"
 
 
 def thin(count: int, max_points: int) -> list[int]:

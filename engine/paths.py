@@ -21,6 +21,8 @@ import os
 import unicodedata
 from pathlib import Path
 
+from engine.errors import TimbreError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: Longest voice or run name, in characters (64 CJK characters are 192 UTF-8 bytes, well
@@ -36,7 +38,7 @@ _DEVICE_NAMES = frozenset(
 )
 
 
-class InvalidNameError(ValueError):
+class InvalidNameError(TimbreError, ValueError):
     """A voice or run name that cannot be used as a folder name."""
 
 
@@ -165,9 +167,10 @@ def output_dir(voice: str) -> Path:
     return _inside(outputs_dir(), check_name(voice, "voice name"))
 
 
-def default_base_model_dir() -> Path:
-    """``models/xtts-v2/``: where the Settings tab downloads the XTTS-v2 files."""
-    return models_dir() / "xtts-v2"
+def default_base_model_dir(family: str = "xtts") -> Path:
+    """Where the Settings tab downloads a family's base model: ``models/xtts-v2/`` (XTTS-v2) or
+    ``models/f5-tts-v1/`` (F5-TTS v1 Base and its Vocos vocoder)."""
+    return models_dir() / {"xtts": "xtts-v2", "f5": "f5-tts-v1"}[family]
 
 
 def list_voices() -> list[str]:

@@ -31,7 +31,9 @@ from pathlib import Path
 import psutil
 
 from engine import paths
-from engine.config import ConfigError, TrainConfig, write_text_atomic
+from engine.config import ConfigError, TrainConfig
+from engine.errors import TimbreError
+from engine.files import write_text_atomic
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -41,6 +43,8 @@ PID_FILE = "train.pid"
 STOP_FILE = "STOP"
 TRAIN_LOG = "train.log"
 PROCESS_LOG = "process.log"
+#: A checkpoint's EMA of the weights (train.yaml ``ema_decay`` > 0), beside its model.safetensors.
+EMA_FILE = "ema.safetensors"
 
 EVAL_DIR = "eval"
 EVAL_SUMMARY = "summary.json"
@@ -54,6 +58,10 @@ _CHECKPOINT_NAME = re.compile(r"^step-(\d{7,})$")
 # many seconds after the time written beside it (guards against pid reuse after a reboot).
 _PID_CLOCK_SLACK_S = 5.0
 _TAIL_BYTES = 256 * 1024
+
+
+class RunError(TimbreError, ValueError):
+    """A run or checkpoint named in a way that cannot name one (e.g. a malformed checkpoint name)."""
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -115,7 +123,7 @@ def find_checkpoint(run_dir: str | os.PathLike, name: str = "latest") -> Checkpo
     """The checkpoint ``name`` ("latest", "best" or "step-NNNNNNN") of a run, which must be complete.
 
     Raises:
-        ValueError: ``name`` is none of those.
+        RunError: ``name`` is none of those (a ValueError).
         FileNotFoundError: the run has no such checkpoint, or it is incomplete (its save was
             interrupted), or no best is chosen yet; the message names the run folder.
     """
@@ -135,7 +143,7 @@ def find_checkpoint(run_dir: str | os.PathLike, name: str = "latest") -> Checkpo
             raise FileNotFoundError(f"{label} has no best checkpoint: {reason}")
         name = best
     if not isinstance(name, str) or not _CHECKPOINT_NAME.match(name):
-        raise ValueError(f"checkpoint name must be 'latest', 'best' or 'step-NNNNNNN', got {name!r}")
+        raise RunError(f"checkpoint name must be 'latest', 'best' or 'step-NNNNNNN', got {name!r}")
     for info in list_checkpoints(run_dir):
         if info.name == name:
             if not info.complete:

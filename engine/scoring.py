@@ -77,6 +77,11 @@ CPS_HIGH = 2.0
 """A clip spoken at more than this multiple of the voice's characters per second is flagged
 ("truncated or rushed"): half as long as the voice would say it."""
 
+CER_ABSOLUTE = 0.1
+"""A median CER under this counts as intelligible whatever the baseline's (the checkpoint rule,
+:func:`engine.evaluation.choose_best`); a candidate within this of the lowest CER counts as
+intelligible in :func:`rank_candidates`."""
+
 
 @dataclass(frozen=True)
 class VoiceReference:
@@ -116,14 +121,15 @@ def voice_reference(voice: str, device: str = "cpu", log=print) -> VoiceReferenc
     Clips too short or silent for an embedding (:class:`engine.speaker.SpeakerError`) are left
     out with a logged note. Raises FileNotFoundError when the voice has no dataset clips.
     """
-    from engine import audio, dataset, speaker
+    from engine import audio, speaker
+    from engine.dataset_records import load_clips, voice_settings
 
-    clips = dataset.load_clips(voice)
+    clips = load_clips(voice)
     if not clips:
         raise FileNotFoundError(f"voice {voice!r} has no dataset clips (datasets/{voice}/train.csv)")
     held_out = [c for c in clips if c["split"] == "validation"]
     chosen, source = (held_out, "validation") if held_out else (clips, "all")
-    language = (dataset.voice_settings(voice).get("language") or "en").split("-")[0]
+    language = (voice_settings(voice).get("language") or "en").split("-")[0]
     rates, embeddings = [], []
     for clip in clips:
         seconds = clip.get("duration") or audio.audio_duration(clip["path"])
@@ -167,12 +173,13 @@ def xtts_speaker_embedding(model, audio_16k: np.ndarray | torch.Tensor) -> np.nd
 
 def whisper_choice(voice: str, backend: str | None = None, whisper_model: str | None = None) -> tuple[str, str]:
     """The Whisper ``(backend, model)`` that scores ``voice``'s speech: those given, else the
-    ones its dataset was prepared with (:func:`engine.dataset.voice_settings`), else
+    ones its dataset was prepared with (:func:`engine.dataset_records.voice_settings`), else
     faster-whisper with :data:`engine.transcribe.DEFAULT_MODELS`. A model path comes back
     absolute. Raises TranscriptionError for an unknown backend."""
-    from engine import dataset, transcribe
+    from engine import transcribe
+    from engine.dataset_records import voice_settings
 
-    saved = dataset.voice_settings(voice)
+    saved = voice_settings(voice)
     backend = backend or saved.get("backend") or "faster-whisper"
     model = whisper_model or (saved.get("whisper_model") if backend == saved.get("backend") else None)
     return backend, transcribe.resolve_model(backend, model or None)
@@ -184,7 +191,7 @@ class Scorer:
     cosine of speaker-verification embeddings):
 
     - intelligibility: Whisper (``backend``/``whisper_model``, default: those the voice's
-      dataset was prepared with, :func:`engine.dataset.voice_settings`) transcribes the audio
+      dataset was prepared with, :func:`engine.dataset_records.voice_settings`) transcribes the audio
       at temperature 0; CER for every language and WER for English
       (:func:`character_error_rate`, :func:`word_error_rate`);
     - speaker similarity (SECS): cosine of the Resemblyzer embedding
@@ -315,11 +322,10 @@ class Scorer:
 
 def rank_candidates(scorer: Scorer, wavs: list, text: str) -> list[dict]:
     """Order generation candidates by the checkpoint rule: those whose CER is within
-    :data:`engine.evaluation.CER_ABSOLUTE` of the lowest come first, by SECS (highest first); the rest follow by
+    :data:`CER_ABSOLUTE` of the lowest come first, by SECS (highest first); the rest follow by
     CER. Returns one dict per WAV, best first: ``path``, ``rank`` (1 = best) and the
     :meth:`Scorer.score` fields; ``wavs``: paths of the candidates."""
     from engine import audio
-    from engine.evaluation import CER_ABSOLUTE
 
     rows = []
     for wav in wavs:

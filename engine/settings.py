@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine import paths
-from engine.config import write_text_atomic
+from engine.errors import TimbreError
+from engine.files import write_text_atomic
 
 SETTINGS_FILE = "settings.json"
 
 
-class SettingsError(ValueError):
+class SettingsError(TimbreError, ValueError):
     """settings.json exists but cannot be read; the message names the file."""
 
 
@@ -54,15 +55,15 @@ def parse_size(text: str | int) -> int:
     """Bytes in a size such as ``"500mb"``, ``"4 GB"``, ``"1.5g"``, ``"300KiB"`` or ``1048576``.
 
     Units are binary (1 kb = 1024 bytes), as Gradio's ``max_file_size`` counts them; case and
-    spaces do not matter; no unit means bytes. Raises ValueError for anything else and for a
-    size under 1 byte.
+    spaces do not matter; no unit means bytes. Raises SettingsError (a ValueError) for anything
+    else and for a size under 1 byte.
     """
     match = _SIZE.match(str(text))
     if not match:
-        raise ValueError(f"not a size: {text!r} (write it like 500mb or 4gb)")
+        raise SettingsError(f"not a size: {text!r} (write it like 500mb or 4gb)")
     size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if size < 1:
-        raise ValueError(f"a size must be at least 1 byte, got {text!r}")
+        raise SettingsError(f"a size must be at least 1 byte, got {text!r}")
     return size
 
 

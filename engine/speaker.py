@@ -33,6 +33,8 @@ import warnings
 import numpy as np
 import torch
 
+from engine.errors import TimbreError
+
 SAMPLE_RATE = 16_000
 """Sample rate in Hz the encoder expects (``resemblyzer.hparams.sampling_rate``)."""
 
@@ -85,7 +87,7 @@ all score low (noise, a poor microphone) from being flagged clip after clip. Thr
 deviation around the mean, use absolute deviation around the median")."""
 
 
-class SpeakerError(ValueError):
+class SpeakerError(TimbreError, ValueError):
     """Audio that cannot be embedded (too short, silent, not 1-D, non-finite), or no embeddings."""
 
 

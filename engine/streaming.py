@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from engine.errors import TimbreError
+
 FIRST_CHUNK_CODES = 8
 """Audio codes before the first chunk is decoded: about 0.37 s of speech (22 050 Hz / 1024
 samples per code ≈ 21.5 codes per second)."""
@@ -28,7 +30,7 @@ OVERLAP_SAMPLES = 1024
 """Samples (24 kHz) cross-faded between consecutive chunks (coqui's ``overlap_wav_len``)."""
 
 
-class StreamTextError(ValueError):
+class StreamTextError(TimbreError, ValueError):
     """A sentence longer than the GPT's text context."""
 
 

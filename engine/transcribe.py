@@ -34,7 +34,8 @@ import numpy as np
 
 from engine import paths
 from engine.audio import file_sha256 as file_sha256  # re-exported: a recording's identity in the cache
-from engine.audio import write_bytes_atomic
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
 from engine.whisper_runtime import is_model_local as is_model_local  # re-exported: engine.evaluation
 from engine.whisper_runtime import preload_cuda12_libraries, runtime
 
@@ -84,7 +85,7 @@ BATCH_SIZE = 8
 logger = logging.getLogger(__name__)
 
 
-class TranscriptionError(ValueError):
+class TranscriptionError(TimbreError, ValueError):
     """Bad arguments to :func:`transcribe` (unknown backend, audio of the wrong shape, a
     language an English-only model cannot transcribe)."""
 

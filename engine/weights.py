@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from engine import conditioning, models, paths, runs
+from engine.errors import TimbreError
 
 #: The base model's own weights, instead of a run.
 BASE_MODEL = "base model"
@@ -22,7 +23,7 @@ BASE_MODEL = "base model"
 IMPORTED_PREFIX = "imported:"
 
 
-class GenerationError(ValueError):
+class GenerationError(TimbreError, ValueError):
     """Generation cannot run (no reference audio, empty text, unknown run, checkpoint or model)."""
 
 
@@ -44,6 +45,12 @@ class ModelWeights:
 
     def identity(self) -> str:
         """Names the GPT weights (path, size, mtime of the file holding them): the latents' cache key."""
+        if self.gpt is None and not (self.model_dir / "model.pth").is_file():
+            from engine.models.f5.files import weights_file
+
+            found = weights_file(self.model_dir)  # an F5-TTS folder
+            if found is not None:
+                return conditioning.file_identity(found)
         return conditioning.file_identity(self.gpt or self.model_dir / "model.pth")
 
 
@@ -58,11 +65,12 @@ def imported_model_dir(name: str) -> Path:
 
 
 def list_imported_models() -> list[str]:
-    """Names of the imported models (folders of models/imported/ holding a model.pth), sorted."""
+    """Names of the imported models (folders of models/imported/ holding a complete model of
+    either family), sorted."""
     base = imported_models_dir()
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if (p / "model.pth").is_file() and not p.name.startswith("."))
+    return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and is_model_folder(p))
 
 
 def checkpoint_weights(voice: str, run: str | None, checkpoint: str = "latest") -> Path | None:
@@ -101,14 +109,25 @@ def resolve_model(
         return ModelWeights(base)
     if model.startswith(IMPORTED_PREFIX):
         folder = imported_model_dir(model[len(IMPORTED_PREFIX) :])
-        if not (folder / "model.pth").is_file():
+        if not is_model_folder(folder):
             raise GenerationError(f"no imported model {model[len(IMPORTED_PREFIX) :]!r} in {imported_models_dir()}")
         return ModelWeights(folder, None, model)
     weights = checkpoint_weights(voice, model, checkpoint)
     run_base = run_base_model(voice, model)
-    if models.base_model_status(run_base).ready:
+    if model_ready(run_base):
         base = run_base
     return ModelWeights(base, weights, model, weights.parent.name)
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a model's weights: an XTTS ``model.pth`` or an F5-TTS folder."""
+    return (Path(folder) / "model.pth").is_file() or models.family_of(folder) == "f5"
+
+
+def model_ready(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete model of its family (engine.models.family_of)."""
+    family = models.get_family(models.family_of(folder))
+    return Path(folder).is_dir() and not family.missing_files(Path(folder))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -260,3 +260,23 @@ def home(dataset_home, monkeypatch) -> Path:
     """``dataset_home`` as TIMBRE_HOME for one test."""
     monkeypatch.setenv("TIMBRE_HOME", str(dataset_home))
     return dataset_home
+
+
+@pytest.fixture(scope="session")
+def tiny_f5_model(tmp_path_factory) -> Path:
+    """A tiny random F5-TTS v1 model (DiT 2 layers x 64 wide, tiny Vocos; DESIGN.md) in the
+    family's folder layout (engine.models.f5)."""
+    from engine.models import get_family
+
+    return get_family("f5").write_random_model(tmp_path_factory.mktemp("tiny-f5"), "tiny")
+
+
+@pytest.fixture(scope="module")
+def module_home(dataset_home, tmp_path_factory):
+    """A copy of ``dataset_home`` as TIMBRE_HOME for one test module that writes runs into it, so
+    the shared one stays as the other test files expect it."""
+    home = tmp_path_factory.mktemp("module-home")
+    shutil.copytree(dataset_home, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns("webui-*.log"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIMBRE_HOME", str(home))
+        yield home

@@ -4,11 +4,11 @@ hold recognisably different GPT weights, made in milliseconds instead of by trai
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -37,16 +37,10 @@ def perturbed_gpt(tiny_model: Path, seed: int, scale: float = 0.02) -> dict[str,
 def fake_run(home: Path, tiny_model: Path, voice: str = "anna", run: str = "ft", steps=(2, 4)) -> Path:
     """training/<voice>/<run>/ as a finished trainer leaves it: train.yaml, complete checkpoints
     ``step-…`` with perturbed GPT weights (seed = step), metrics.jsonl and status.json."""
-    previous = os.environ.get("TIMBRE_HOME")
-    os.environ["TIMBRE_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # TIMBRE_HOME as it was afterwards
+        patch.setenv("TIMBRE_HOME", str(home))
         config = TrainConfig(voice=voice, run=run, base_model=str(tiny_model), epochs=2, batch_size=2, seed=7)
         run_dir = config.save_new().parent
-    finally:
-        if previous is None:
-            os.environ.pop("TIMBRE_HOME", None)
-        else:
-            os.environ["TIMBRE_HOME"] = previous
     for step in steps:
         folder = run_dir / "checkpoints" / runs.checkpoint_name(step)
         folder.mkdir(parents=True)

@@ -4,7 +4,6 @@ DDP on two gloo processes, freezing, divergence, the dataset check."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
@@ -108,7 +107,7 @@ def test_freeze_keeps_parameters_buffers_and_dvae(home, tiny_model):
     assert all(torch.equal(dvae_before[k], dvae_after[k]) for k in dvae_before)
 
 
-def test_dataset_check_names_every_unusable_line(home, tiny_model, tmp_path):
+def test_dataset_check_names_every_unusable_line(home, tiny_model, tmp_path, monkeypatch):
     wavs = home / "datasets" / "anna" / "wavs"
     (wavs / "broken.wav").write_bytes(b"RIFF not really a wav")
     subprocess.run(
@@ -125,7 +124,7 @@ def test_dataset_check_names_every_unusable_line(home, tiny_model, tmp_path):
         "wavs/missing.wav|No such file.|bad",
     ]
     (bad_home / "datasets" / "bad" / "train.csv").write_text("audio_file|text|speaker_name\n" + "\n".join(lines) + "\n")
-    os.environ["TIMBRE_HOME"] = str(bad_home)
+    monkeypatch.setenv("TIMBRE_HOME", str(bad_home))
     config = TrainConfig(voice="bad", run="r", base_model=str(tiny_model), epochs=1, batch_size=1).save_new()
     from engine.training import loop
 

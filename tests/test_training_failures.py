@@ -21,9 +21,10 @@ from test_precision import LowStartScaler, allow_fp16_on_cpu
 from TTS.tts.layers.xtts.gpt import GPT
 
 from engine import runs
-from engine.config import TrainConfig, branch_run
+from engine.config import TrainConfig
 from engine.training import checkpoint as ckpt
 from engine.training import loop, runtime
+from engine.training.branch import branch_run
 
 
 def patch_training_forward(monkeypatch, change):

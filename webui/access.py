@@ -14,11 +14,13 @@ import ipaddress
 import os
 from pathlib import Path
 
+from engine.errors import TimbreError
+
 #: Environment variable holding ``USER:PASSWORD`` (kept out of the process list, unlike ``--auth``).
 AUTH_ENV = "TIMBRE_AUTH"
 
 
-class StartupError(ValueError):
+class StartupError(TimbreError, ValueError):
     """The app refuses to start as asked; the message says why and what to do."""
 
 

@@ -42,7 +42,7 @@ def build_app(base_model: str | os.PathLike | None = None, app_settings: AppSett
     """
     with gr.Blocks(title=TITLE) as demo:
         ctx = TabContext(demo, app_settings or startup_settings(base_model))
-        gr.Markdown("# Timbre\nFine-tune an XTTS-v2 voice from your recordings.", elem_id="timbre-header")
+        gr.Markdown("# Timbre\nFine-tune a voice (XTTS-v2 or F5-TTS) from your recordings.", elem_id="timbre-header")
         with gr.Tabs(elem_id="timbre-tabs"):
             data_ui = dataset.build(ctx)
             training.build(ctx)
@@ -105,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         auth = access.resolve_auth(args.host, args.auth, args.auth_file)
         if args.max_file_size:
             parse_size(args.max_file_size)
-    except (access.StartupError, ValueError) as exc:
+    except (access.StartupError, SettingsError) as exc:
         where = "" if isinstance(exc, access.StartupError) else "--max-file-size: "
         print(f"python -m webui: error: {where}{exc}", file=sys.stderr)
         return 2
     app_settings = startup_settings(args.base_model, args.max_file_size)
     try:
         max_file_size = parse_size(app_settings.max_file_size)
-    except ValueError as exc:
+    except SettingsError as exc:
         app_settings.max_file_size = AppSettings.max_file_size
         max_file_size = parse_size(app_settings.max_file_size)
         logging.getLogger("webui").warning("settings.json max_file_size: %s; using %s", exc, app_settings.max_file_size)

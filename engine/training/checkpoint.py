@@ -31,10 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine import runs
-from engine.audio import write_bytes_atomic
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic, write_text_atomic
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+EMA_FILE = runs.EMA_FILE
 COMPLETE_FILE = "COMPLETE"
 CHECKPOINTS_DIR = "checkpoints"
 #: ``.tmp-step-NNNNNNN-<pid>`` (a save in progress) and ``.old-step-NNNNNNN-<pid>`` (the folder
@@ -45,7 +47,7 @@ _TEMPORARY = re.compile(r"^\.(tmp|old)-(step-\d{7,})(?:-(\d+))?$")
 _CLOCK_SLACK_S = 5.0
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TimbreError, RuntimeError):
     """A checkpoint folder that cannot be read; the message names it."""
 
 
@@ -121,6 +123,7 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     training_state: dict,
     before_complete: Callable[[Path], None] | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``checkpoints/step-NNNNNNN/`` atomically and return its path.
 
@@ -130,6 +133,7 @@ def save_checkpoint(
         model_state: the GPT's ``state_dict()`` (tensors are copied to CPU, made contiguous).
         training_state: optimizer/scheduler/scaler/RNG/sampler state (tensors and plain values).
         before_complete: test hook called with the temporary folder before COMPLETE is written.
+        ema_state: the EMA weights (train.yaml ``ema_decay``), written as ema.safetensors.
 
     An existing folder of the same step (a re-save after resume) is replaced only after the new
     one is complete. Raises OSError on disk errors, leaving earlier checkpoints untouched.
@@ -144,10 +148,13 @@ def save_checkpoint(
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"step": str(step)})
+        if ema_state is not None:
+            ema = {k: v.detach().to("cpu").contiguous().clone() for k, v in ema_state.items()}
+            save_file(ema, str(tmp / EMA_FILE), metadata={"step": str(step)})
         torch.save(training_state, tmp / STATE_FILE)
         if before_complete is not None:
             before_complete(tmp)
-        _write_and_sync(tmp / COMPLETE_FILE, json.dumps({"step": step, "time": time.time()}) + "\n")
+        write_text_atomic(tmp / COMPLETE_FILE, json.dumps({"step": step, "time": time.time()}) + "\n")
         if final.exists():
             old = folder / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
@@ -161,13 +168,6 @@ def save_checkpoint(
     return final
 
 
-def _write_and_sync(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a complete checkpoint folder: (GPT state dict, training state). Raises CheckpointError."""
     if not (path / COMPLETE_FILE).is_file():
@@ -178,6 +178,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except Exception as exc:  # safetensors and torch raise several types for damaged files
         raise CheckpointError(f"{path}: damaged ({type(exc).__name__}: {exc})") from exc
     return weights, state
+
+
+def load_ema(path: Path) -> dict[str, torch.Tensor] | None:
+    """The EMA weights of the checkpoint folder ``path``; None when it has none."""
+    file = Path(path) / EMA_FILE
+    return load_file(str(file)) if file.is_file() else None
 
 
 def load_latest_checkpoint(run_dir: Path, log: Callable[[str], None] = print):

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +30,8 @@ import torch
 
 from engine import audio as audio_io
 from engine import models
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
 
 # Conditioning slice lengths of coqui's XTTS-v2 recipe (min/max_conditioning_length = 66150 /
 # 132300 samples = 3 / 6 s at 22.05 kHz), in mel frames of hop 256.
@@ -38,7 +40,7 @@ MAX_COND_FRAMES = 132300 // 256
 MEL_HOP = 256
 
 
-class DatasetCheckError(ValueError):
+class DatasetCheckError(TimbreError, ValueError):
     """The dataset has no usable line (or no file); the message lists every problem."""
 
 
@@ -70,6 +72,11 @@ class Sample:
     @property
     def seconds(self) -> float:
         return self.wav_length / models.SAMPLE_RATE
+
+    @property
+    def frames(self) -> int:
+        """Length in mel frames (hop 256 at 22.05 kHz), the unit of ``batch_frames``."""
+        return math.ceil(self.wav_length / MEL_HOP)
 
 
 def read_metadata(path: Path) -> list[Clip]:
@@ -168,10 +175,9 @@ class FeatureExtractor:
             "style_mel": style_mel.float(),
             "wav_length": int(wav.numel()),
         }
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(feats, tmp)
-        os.replace(tmp, cached)
+        buffer = io.BytesIO()  # one clip's codes and style mel: a few hundred kB at most
+        torch.save(feats, buffer)
+        write_bytes_atomic(cached, buffer.getvalue())
         return feats
 
 
@@ -288,6 +294,43 @@ def micro_batch(
     """The indices one rank uses in one accumulation step: disjoint slices of the global batch."""
     start = (accumulation_index * world_size + rank) * micro_size
     return batch[start : start + micro_size]
+
+
+def frame_batches(frames: list[int], max_frames: int, parts: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch when batches count mel frames (F5-TTS's unit).
+
+    Clips sorted by length (ties by index) are packed greedily while the batch's total frames
+    stay within ``max_frames`` (F5-TTS's ``DynamicBatchSampler`` counts frames the same way);
+    a batch takes at least ``parts`` clips (one per micro-batch and process) even past the
+    budget, and a short last batch joins the one before it. The batches are the same every epoch;
+    their order is shuffled, deterministic in (seed, epoch). Raises ValueError when there are
+    fewer clips than ``parts``.
+    """
+    if len(frames) < parts:
+        raise ValueError(f"{len(frames)} clip(s) cannot fill {parts} micro-batches")
+    order = sorted(range(len(frames)), key=lambda i: (frames[i], i))
+    batches: list[list[int]] = [[]]
+    total = 0
+    for i in order:
+        if len(batches[-1]) >= parts and total + frames[i] > max_frames:
+            batches.append([])
+            total = 0
+        batches[-1].append(i)
+        total += frames[i]
+    if len(batches) > 1 and len(batches[-1]) < parts:
+        short = batches.pop()
+        batches[-1] += short
+    random.Random(seed * 1_000_003 + epoch).shuffle(batches)
+    return batches
+
+
+def split_batch(batch: list[int], index: int, parts: int) -> list[int]:
+    """Micro-batch ``index`` of ``parts`` near-equal contiguous slices of a global batch
+    (index = accumulation step x processes + rank). For a batch of ``parts x m`` clips it is
+    :func:`micro_batch`'s slice."""
+    size, extra = divmod(len(batch), parts)
+    start = index * size + min(index, extra)
+    return batch[start : start + size + (index < extra)]
 
 
 def padding_fraction(samples: list[Sample]) -> float:

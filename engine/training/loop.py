@@ -17,6 +17,7 @@ N times as many micro-batches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import os
@@ -24,14 +25,17 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
 from engine import evaluation, models, runs
 from engine.config import TrainConfig
+from engine.errors import TimbreError
+from engine.models.family import ModelFamily, Trainee
 from engine.training import checkpoint as ckpt
 from engine.training import data, memory, performance, precision, runtime
 
@@ -44,8 +48,92 @@ MAX_CONSECUTIVE_SKIPS = 5
 SPIKE_FACTOR = 3.0
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TimbreError, RuntimeError):
     """A run that cannot start or go on; the message says why in plain words."""
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores besides the weights and the optimizer, scheduler and
+    grad-scaler states: saved whole into the checkpoint's state.pt (as top-level keys beside
+    ``optimizer``, ``scheduler``, ``scaler``) and loaded whole on resume.
+
+    Attributes:
+        step: optimizer updates applied; epoch / batch_in_epoch: the position in the batch plan.
+        best_loss / best_step: the lowest validation loss and its step.
+        loss_average: moving average of the training loss (spike detection).
+        consecutive_skips / skipped_steps: updates not applied (non-finite), in a row and in all.
+        spike_start: first step of the loss spike in progress (None outside one).
+        last_good_step: the newest complete checkpoint saved before the latest spike's first step;
+            last_good_steps: every such step (protected from pruning); spike_checkpoints: steps
+            saved during a spike (never "last good").
+        world_size / batch_size: the run's shape when saved; gradient_accumulation /
+            micro_batch_size: the micro-batch split (changed by an out-of-memory split, kept on
+            resume when the shape is unchanged).
+        ema_updates: updates averaged into the EMA weights (ema.safetensors).
+        rng: Python, NumPy and torch RNG states (engine.training.checkpoint.capture_rng_state).
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_loss: float | None = None
+    best_step: int | None = None
+    loss_average: float | None = None
+    consecutive_skips: int = 0
+    skipped_steps: int = 0
+    spike_start: int | None = None
+    last_good_step: int | None = None
+    last_good_steps: list[int] = field(default_factory=list)
+    spike_checkpoints: list[int] = field(default_factory=list)
+    world_size: int = 1
+    batch_size: int = 0
+    gradient_accumulation: int = 1
+    micro_batch_size: int = 1
+    ema_updates: int = 0
+    rng: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> TrainState:
+        """The TrainState of a checkpoint's state.pt (keys that are not fields are ignored; a
+        checkpoint from before a field existed gets its default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        loaded = cls(**{k: v for k, v in state.items() if k in names})
+        if not loaded.last_good_steps and loaded.last_good_step is not None:
+            loaded.last_good_steps = [loaded.last_good_step]
+        return loaded
+
+
+@dataclass
+class Run:
+    """One training run's live objects, handed to the loop's top-level functions."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    env: runtime.DistEnv
+    log: Callable[[str], None]
+    metrics: runtime.MetricsWriter
+    family: ModelFamily
+    trainee: Trainee
+    model: torch.nn.Module  # trainee.module, wrapped in DDP under torchrun
+    frozen: list[torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    ema: torch.optim.swa_utils.AveragedModel | None
+    state: TrainState
+    steps_per_epoch: int
+    total_steps: int
+    evaluators: list[int] = field(default_factory=list)  # pids of the evaluators this trainer started
+
+    @property
+    def parts(self) -> int:
+        """Micro-batches per global batch: gradient accumulation x processes."""
+        return self.state.gradient_accumulation * self.env.world_size
+
+    def epoch_position(self) -> float:
+        return round(self.state.epoch + self.state.batch_in_epoch / self.steps_per_epoch, 6)
 
 
 def micro_seed(seed: int, step: int, micro_index: int) -> int:
@@ -117,379 +205,432 @@ def _train(
     if world != cfg.world_size() and env.distributed:
         log(f"note: train.yaml asks for {cfg.world_size()} processes, torchrun started {world}")
     micro_size = cfg.batch_size // (cfg.gradient_accumulation * world)
-    if micro_size < 1 or cfg.batch_size % (cfg.gradient_accumulation * world):
+    if not cfg.batch_frames and (micro_size < 1 or cfg.batch_size % (cfg.gradient_accumulation * world)):
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by gradient_accumulation x processes")
-    accumulation = cfg.gradient_accumulation
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     precision.check_precision(cfg.precision, env.device)  # before anything is loaded
-    base = models.require_base_model(cfg.base_model_dir())
-    log(f"run {run_dir}  base model {base}  device {env.device}  processes {world}")
-
-    # ---- model --------------------------------------------------------------------------------
-    xtts = models.load_xtts(base, device="cpu", eval=False)
-    gpt, tokenizer = xtts.gpt, xtts.tokenizer
-    if cfg.init_weights:
-        gpt.load_state_dict(load_file(cfg.init_weights), strict=True)
-        log(f"started from the weights in {cfg.init_weights}")
-    del xtts.hifigan_decoder  # not trained; frees its memory
-    gpt.to(env.device)
-    frozen = runtime.apply_freeze(gpt, cfg.freeze)
-
-    # ---- data: check every line, then cached DVAE codes and conditioning mels ------------------
-    dataset_dir = cfg.dataset_dir()
-    features = data.FeatureExtractor(base, dataset_dir / "cache", device=env.device)
-    train_set, problems = data.prepare_samples(
-        data.read_metadata(dataset_dir / "train.csv"), tokenizer, features, cfg.language,
-        cfg.min_audio_seconds, cfg.max_audio_seconds, cfg.max_text_tokens,
-    )  # fmt: skip
-    val_path = dataset_dir / "validation.csv"
-    val_set, val_problems = ([], [])
-    if val_path.is_file():
-        val_set, val_problems = data.prepare_samples(
-            data.read_metadata(val_path), tokenizer, features, cfg.language,
-            cfg.min_audio_seconds, cfg.max_audio_seconds, cfg.max_text_tokens,
-        )  # fmt: skip
-    for problem in problems + val_problems:
-        log(f"dataset check: skipped {problem}")
-    if not train_set:
-        raise TrainingError("dataset check: no usable training clip in train.csv:\n" + "\n".join(problems))
-    if len(train_set) < cfg.min_training_clips:
-        raise TrainingError(
-            f"dataset check: only {len(train_set)} usable training clip(s) in train.csv, fewer than "
-            f"min_training_clips = {cfg.min_training_clips}; add recordings in the Dataset tab"
+    base = models.require_base_model(cfg.base_model_dir()) if cfg.family == "xtts" else cfg.base_model_dir()
+    family = models.get_family(cfg.family)
+    if family.missing_files(base):
+        raise models.BaseModelError(
+            f"{family.title} base model in {base} lacks {', '.join(family.missing_files(base))}"
         )
-    features._dvae = None  # the DVAE is no longer needed
-    log(
-        f"dataset: {len(train_set)} training clips ({sum(s.seconds for s in train_set):.1f} s), "
-        f"{len(val_set)} validation clips; features cached ({features.hits} hits, {features.misses} computed)"
-    )
-    durations = [s.seconds for s in train_set]
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    log(f"run {run_dir}  {family.title} base model {base}  device {env.device}  processes {world}")
+
+    # ---- model and data (the family's), frozen groups ------------------------------------------
+    trainee = family.trainee(cfg, base, env.device, log)
+    check_dataset(cfg, trainee, log)
+    frozen = runtime.apply_freeze(trainee.freeze_groups, cfg.freeze)
+    plan = batch_plan(cfg, trainee.train_set, world)
+    steps_per_epoch = len(plan(0))
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     status["total_steps"] = total_steps
 
     # ---- optimizer, schedule, precision ------------------------------------------------------------
+    module = trainee.module
     performance.configure_backends(env.device, cfg.tf32)
     if cfg.gradient_checkpointing:
-        performance.enable_gradient_checkpointing(gpt)
+        if trainee.enable_gradient_checkpointing is None:
+            raise TrainingError(f"gradient_checkpointing: {family.title} has none; set it to false")
+        trainee.enable_gradient_checkpointing(module)
     optimizer = performance.make_optimizer(
-        runtime.optimizer_groups(gpt, cfg.weight_decay), cfg.optimizer, env.device, cfg.learning_rate
+        runtime.optimizer_groups(module, cfg.weight_decay), cfg.optimizer, env.device, cfg.learning_rate
     )
-    log(performance.describe(optimizer, gpt, env.device, cfg.gradient_checkpointing))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    amp_dtype = precision.autocast_dtype(cfg.precision)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
+    log(performance.describe(optimizer, module, env.device, cfg.gradient_checkpointing))
+    scheduler = make_scheduler(cfg, optimizer, total_steps)
+    ema = make_ema(module, cfg.ema_decay) if cfg.ema_decay else None
+    run = Run(
+        cfg=cfg, run_dir=run_dir, env=env, log=log, metrics=runtime.MetricsWriter(run_dir, env), family=family,
+        trainee=trainee,
+        model=module, frozen=frozen, optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16"),
+        amp_dtype=precision.autocast_dtype(cfg.precision), ema=ema,
+        state=TrainState(world_size=world, batch_size=cfg.batch_size, gradient_accumulation=cfg.gradient_accumulation,
+                         micro_batch_size=micro_size),
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+    )  # fmt: skip
 
     # ---- resume -------------------------------------------------------------------------------
     if env.is_main:
         ckpt.remove_stale_temporaries(run_dir, log=log)  # left by a trainer killed mid-save
     if env.distributed:
         torch.distributed.barrier()
-    step, epoch, batch_in_epoch = 0, 0, 0  # step: applied updates
-    loss_average, consecutive_skips, skipped_steps = None, 0, 0
-    # Loss spikes: ``spike_start`` is the first step of the spike in progress (None outside
-    # one); ``last_good_step`` the newest complete checkpoint saved before the latest spike's
-    # first step; every such checkpoint stays protected from pruning (``last_good_steps``),
-    # and one saved during a spike never becomes "last good" (``spike_checkpoints``).
-    spike_start, last_good_step, last_good_steps, spike_checkpoints = None, None, [], []
-    best = {"loss": None, "step": None}
-    latest = ckpt.load_latest_checkpoint(run_dir, log=log)
-    if latest is not None:
-        path, weights, state = latest
-        gpt.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        ckpt.load_scheduler_state(scheduler, state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        ckpt.restore_rng_state(state["rng"])
-        step, epoch, batch_in_epoch = (
-            state["step"],
-            state["epoch"],
-            state["batch_in_epoch"],
+    if not resume(run):
+        ckpt.check_disk_space(run_dir, module.state_dict(), cfg.keep_checkpoints)
+    if env.distributed:
+        run.model = DistributedDataParallel(
+            module, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
-        best = {"loss": state.get("best_loss"), "step": state.get("best_step")}
-        loss_average, consecutive_skips = (
-            state.get("loss_average"),
-            state.get("consecutive_skips", 0),
-        )
-        skipped_steps, spike_start = state.get("skipped_steps", 0), state.get("spike_start")
-        last_good_step = state.get("last_good_step")
-        last_good_steps = list(state.get("last_good_steps", [last_good_step] if last_good_step is not None else []))
-        spike_checkpoints = list(state.get("spike_checkpoints", []))
-        if state.get("world_size") == world and state.get("batch_size") == cfg.batch_size:
-            micro_size = state.get("micro_batch_size", micro_size)  # kept after an out-of-memory split
-            accumulation = state.get("gradient_accumulation", accumulation)
-        log(f"resumed from {path.name}: step {step}, epoch {epoch}, batch {batch_in_epoch} of {steps_per_epoch}")
-    else:
-        ckpt.check_disk_space(run_dir, gpt.state_dict(), cfg.keep_checkpoints)
-    model = (
-        DistributedDataParallel(gpt, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-        if env.distributed
-        else gpt
-    )
-
-    evaluator_started: list[int] = []  # pids of the background evaluators this trainer started
-
-    def save(reason: str) -> None:
-        if env.is_main:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": ckpt.scheduler_state(scheduler),
-                "scaler": scaler.state_dict(),
-                "rng": ckpt.capture_rng_state(),
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "best_loss": best["loss"], "best_step": best["step"],
-                "loss_average": loss_average, "consecutive_skips": consecutive_skips,
-                "world_size": world, "batch_size": cfg.batch_size, "gradient_accumulation": accumulation,
-                "micro_batch_size": micro_size, "last_good_step": last_good_step, "skipped_steps": skipped_steps,
-                "spike_start": spike_start, "last_good_steps": last_good_steps,
-                "spike_checkpoints": spike_checkpoints + ([step] if spike_start is not None else []),
-            }  # fmt: skip
-            path = ckpt.save_checkpoint(run_dir, step, gpt.state_dict(), state)
-            protect = {s for s in (best["step"], *last_good_steps) if s is not None}
-            ckpt.prune_checkpoints(run_dir, cfg.keep_checkpoints, protect=protect)
-            metrics.write(
-                {
-                    "event": "checkpoint",
-                    "step": step,
-                    "epoch": epoch_position(),
-                    "time": time.time(),
-                    "reason": reason,
-                }
-            )
-            log(f"saved {path.name} ({reason})")
-            # At every save: (re)start the evaluator unless one is alive, or unless the one
-            # this trainer started could not run (its reason is in eval/summary.json).
-            if cfg.evaluate and not (evaluator_started and evaluation.read_summary(run_dir).get("error")):
-                pid = evaluation.start_evaluator(
-                    run_dir.parent.name, run_dir.name, os.getpid(), waiting=env.device.type == "cpu"
-                )
-                if pid not in evaluator_started:
-                    evaluator_started.append(pid)
-                    log(f"scoring checkpoints in the background (pid {pid}, eval/evaluate.log)")
-        if spike_start is not None and step not in spike_checkpoints:
-            spike_checkpoints.append(step)  # saved during a spike: never "last good"
-        if env.distributed:
-            torch.distributed.barrier()
-
-    def epoch_position() -> float:
-        return round(epoch + batch_in_epoch / steps_per_epoch, 6)
-
-    def validate() -> None:
-        if not val_set:
-            return
-        gpt.eval()
-        text_sum = mel_sum = 0.0
-        count = 0
-        with (
-            torch.no_grad(),
-            torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
-        ):
-            for start in range(env.rank * micro_size, len(val_set), micro_size * world):
-                batch = data.collate(val_set[start : start + micro_size], rng=None)
-                loss_text, loss_mel = forward(gpt, batch)
-                n = len(val_set[start : start + micro_size])
-                text_sum, mel_sum, count = (
-                    text_sum + loss_text.item() * n,
-                    mel_sum + loss_mel.item() * n,
-                    count + n,
-                )
-        totals = runtime.all_mean([text_sum, mel_sum, float(count)], env)
-        text_ce, mel_ce = (
-            totals[0] / max(totals[2], 1e-9),
-            totals[1] / max(totals[2], 1e-9),
-        )
-        loss = cfg.text_loss_weight * text_ce + cfg.mel_loss_weight * mel_ce
-        metrics.write({"step": step, "epoch": epoch_position(), "split": "validation", "loss_text_ce": text_ce,
-                       "loss_mel_ce": mel_ce, "loss": loss, "lr": scheduler.get_last_lr()[0], "time": time.time()})  # fmt: skip
-        log(f"validation at step {step}: text CE {text_ce:.4f}  mel CE {mel_ce:.4f}  loss {loss:.4f}")
-        if best["loss"] is None or loss < best["loss"]:
-            best.update(loss=loss, step=step)
-
-    def forward(module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-        loss_text, loss_mel, _ = module(
-            batch["text_inputs"], batch["text_lengths"], batch["audio_codes"], batch["wav_lengths"],
-            cond_mels=batch["cond_mels"],
-        )  # fmt: skip
-        return loss_text, loss_mel
-
-    def backward(batch: list[int]) -> tuple[float, float]:
-        """Forward and backward over this rank's micro-batches of one global batch; gradients
-        accumulate (DDP syncs on the last). Returns the mean unweighted text and mel CE."""
-        text_sum = mel_sum = 0.0
-        for a in range(accumulation):
-            index = a * world + env.rank  # this micro-batch's place in the global batch
-            seed = micro_seed(cfg.seed, step, index)
-            torch.manual_seed(seed)
-            samples = [train_set[i] for i in data.micro_batch(batch, a, env.rank, world, micro_size)]
-            inputs = data.collate(samples, rng=random.Random(seed))
-            sync = a == accumulation - 1 or not env.distributed
-            with model.no_sync() if not sync else contextlib.nullcontext():
-                with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss_text, loss_mel = forward(model, inputs)
-                    loss = cfg.text_loss_weight * loss_text + cfg.mel_loss_weight * loss_mel
-                scaler.scale(loss / accumulation).backward()
-            text_sum += loss_text.item() / accumulation
-            mel_sum += loss_mel.item() / accumulation
-        return text_sum, mel_sum
-
-    def backward_with_oom_recovery(batch: list[int]) -> tuple[float, float]:
-        """:func:`backward`; on CUDA out-of-memory free memory and retry once, then halve the
-        micro-batch and double gradient accumulation (the effective batch is unchanged) until
-        it fits. The new split is kept in the checkpoint state, so resume keeps it. Under DDP
-        the error is raised: one rank cannot retry while the others wait in a collective."""
-        nonlocal micro_size, accumulation
-        retried = False
-        while True:
-            try:
-                return backward(batch)
-            except torch.cuda.OutOfMemoryError:
-                optimizer.zero_grad(set_to_none=True)
-                free_memory(env.device)
-                if env.distributed or (retried and micro_size == 1):
-                    raise
-                if not retried:
-                    retried = True
-                    event = {"event": "oom_retry"}
-                else:
-                    micro_size, accumulation = micro_size // 2, accumulation * 2
-                    event = {
-                        "event": "oom_split",
-                        "micro_batch_size": micro_size,
-                        "gradient_accumulation": accumulation,
-                    }
-                metrics.write({**event, "step": step + 1, "epoch": epoch_position(), "time": time.time()})
-                log(f"step {step + 1}: CUDA out of memory; " + (
-                    "retrying once" if event["event"] == "oom_retry"
-                    else f"now {accumulation} micro-batches of {micro_size} clips"))  # fmt: skip
 
     # ---- the loop -----------------------------------------------------------------------------
-    metrics = runtime.MetricsWriter(run_dir, env)
-    log(f"training: {steps_per_epoch} steps per epoch, {total_steps} steps in all, batch {cfg.batch_size} "
-        f"= {accumulation} accumulation x {world} processes x {micro_size} clips")  # fmt: skip
-    status.update(step=step, epoch=epoch_position(), message="training")
+    state = run.state
+    log(f"training: {steps_per_epoch} steps per epoch, {total_steps} steps in all, " + (
+        f"batches of up to {cfg.batch_frames} frames per process" if cfg.batch_frames else f"batch {cfg.batch_size}")
+        + f" = {state.gradient_accumulation} accumulation x {world} processes"
+        + ("" if cfg.batch_frames else f" x {state.micro_batch_size} clips"))  # fmt: skip
+    status.update(step=state.step, epoch=run.epoch_position(), message="training")
     runtime.write_status(run_dir, env, **status)
-    if step >= total_steps:
-        return EXIT_OK, f"finished: already at step {step} of {total_steps}", step
+    if state.step >= total_steps:
+        return EXIT_OK, f"finished: already at step {state.step} of {total_steps}", state.step
 
     memory_recorded = False
-    while epoch < cfg.epochs and step < total_steps:
-        batches = data.epoch_batches(durations, cfg.batch_size, cfg.seed, epoch)
-        while batch_in_epoch < steps_per_epoch and step < total_steps:
+    while state.epoch < cfg.epochs and state.step < total_steps:
+        batches = plan(state.epoch)
+        while state.batch_in_epoch < steps_per_epoch and state.step < total_steps:
+            batch = batches[state.batch_in_epoch]
             started = time.perf_counter()
-            runtime.set_train_mode(gpt, frozen)
-            batch = batches[batch_in_epoch]
-            text_sum, mel_sum = backward_with_oom_recovery(batch)
-            scaler.unscale_(optimizer)
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            )
-            text_ce, mel_ce, grad_norm_mean = runtime.all_mean([text_sum, mel_sum, float(grad_norm)], env)
-            loss_value = cfg.text_loss_weight * text_ce + cfg.mel_loss_weight * mel_ce
-            # With fp16 an overflowing gradient is the grad scaler's business: it skips that
-            # update and lowers its scale (several times at the start, by design). Only a
-            # non-finite loss, or a non-finite gradient without a scaler, counts towards divergence.
-            overflow = scaler.is_enabled() and math.isfinite(loss_value) and not math.isfinite(grad_norm_mean)
-            finite = math.isfinite(loss_value) and (math.isfinite(grad_norm_mean) or overflow)
-            if finite:
-                scaler.step(optimizer)  # on an fp16 overflow the scaler skips the update itself
-                consecutive_skips = 0
-            else:
-                consecutive_skips += 1
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if env.device.type == "cuda" and env.is_main and finite and not memory_recorded:
-                memory_recorded = record_memory(
-                    cfg, base, env, micro_size, max(train_set[i].seconds for i in batch), log
-                )
-            lr = scheduler.get_last_lr()[0]
-            batch_in_epoch += 1
+            applied, diverged = train_step(run, batch, status, time.perf_counter)
+            if diverged:
+                return diverged
+            if env.device.type == "cuda" and env.is_main and applied and not memory_recorded:
+                longest = max(trainee.train_set[i].seconds for i in batch)
+                memory_recorded = record_memory(cfg, base, env, len(batch) // run.parts, longest, log)
             elapsed = time.perf_counter() - started
-            if finite and not overflow:
-                step += 1
-                row = {"step": step, "epoch": epoch_position(), "split": "train", "loss_text_ce": text_ce,
-                       "loss_mel_ce": mel_ce, "loss": loss_value, "lr": lr, "time": time.time(),
-                       "grad_norm": grad_norm_mean, "samples_per_second": cfg.batch_size / elapsed,
-                       "samples": batch}  # fmt: skip
-                if loss_average is not None and loss_value > SPIKE_FACTOR * loss_average:
-                    row["spike"] = True
-                    if spike_start is None:  # the first step of a spike: the checkpoints before it are good
-                        spike_start = step
-                        good = [c.step for c in runs.list_checkpoints(run_dir)
-                                if c.complete and c.step < step and c.step not in spike_checkpoints]  # fmt: skip
-                        if good:
-                            last_good_step = good[-1]
-                            last_good_steps = sorted({*last_good_steps, last_good_step})
-                        log(f"step {step}: loss spike {loss_value:.4f} against a moving average of "
-                            f"{loss_average:.4f}; " + (f"last good checkpoint {runs.checkpoint_name(last_good_step)} "
-                            "kept — resume from it with a lower learning rate: python -m engine branch"
-                            if good else "no checkpoint before it yet"))  # fmt: skip
-                    metrics.write({"event": "spike", "step": step, "epoch": row["epoch"], "time": row["time"],
-                                   "loss": loss_value, "moving_average": loss_average,
-                                   "last_good_step": last_good_step, "spike_start": spike_start})  # fmt: skip
-                    status["last_good_step"] = last_good_step
-                else:
-                    spike_start = None
-                metrics.write(row)
-                if env.is_main and (step % 10 == 0 or step == 1):
-                    log(
-                        f"step {step}/{total_steps}  epoch {row['epoch']:.2f}  text CE {text_ce:.4f}  mel CE {mel_ce:.4f}  lr {lr:.2e}"
-                    )
-            else:  # not applied: counted apart, so step and the schedule count applied updates only
-                skipped_steps += 1
-                why = (
-                    "fp16 gradient overflow (the grad scaler lowers its scale)"
-                    if overflow
-                    else "non-finite loss or gradient"
-                )
-                event = {"event": "skipped_step", "step": step, "epoch": epoch_position(), "time": time.time(),
-                         "reason": why, "skipped_steps": skipped_steps, "samples": batch}  # fmt: skip
-                metrics.write({**event, **({"loss": loss_value} if math.isfinite(loss_value) else {})})
-                if not overflow:
-                    log(f"after step {step}: {why}, update skipped ({consecutive_skips} in a row)")
-                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    status["skipped_steps"] = skipped_steps
-                    return (
-                        EXIT_DIVERGED,
-                        f"loss diverged after step {step}: {consecutive_skips} updates in a row skipped ({why})",
-                        step,
-                    )
-            if finite:
-                loss_average = loss_value if loss_average is None else 0.9 * loss_average + 0.1 * loss_value
-            status.update(
-                step=step,
-                epoch=epoch_position(),
-                skipped_steps=skipped_steps,
-                samples_per_second=cfg.batch_size / elapsed,
-            )
+            status.update(step=state.step, epoch=run.epoch_position(), skipped_steps=state.skipped_steps,
+                          samples_per_second=len(batch) / elapsed)  # fmt: skip
             runtime.write_status(run_dir, env, **status)
             if runtime.any_rank(stop.requested(), env):
-                save("stop requested")
+                save(run, "stop requested")
                 stop.clear()
-                return EXIT_OK, f"stopped at step {step}", step
+                return EXIT_OK, f"stopped at step {state.step}", state.step
 
-        if batch_in_epoch >= steps_per_epoch:  # a whole epoch is done
-            epoch += 1
-            batch_in_epoch = 0
-            scheduler.step()
-            if cfg.validate_every and epoch % cfg.validate_every == 0:
-                validate()
-            if consecutive_skips:
-                log(f"no checkpoint at the end of epoch {epoch}: the last {consecutive_skips} updates were skipped")
-            elif epoch % cfg.save_every == 0 or epoch >= cfg.epochs:
-                save(f"end of epoch {epoch}")
+        if state.batch_in_epoch >= steps_per_epoch:  # a whole epoch is done
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if cfg.lr_schedule == "multistep":
+                run.scheduler.step()
+            if cfg.validate_every and state.epoch % cfg.validate_every == 0:
+                validate(run)
+            if state.consecutive_skips:
+                log(f"no checkpoint at the end of epoch {state.epoch}: the last {state.consecutive_skips} "
+                    "updates were skipped")  # fmt: skip
+            elif state.epoch % cfg.save_every == 0 or state.epoch >= cfg.epochs:
+                save(run, f"end of epoch {state.epoch}")
 
-    if not any(c.step == step and c.complete for c in runs.list_checkpoints(run_dir)):
-        save("final")
+    if not any(c.step == state.step and c.complete for c in runs.list_checkpoints(run_dir)):
+        save(run, "final")
     if env.distributed:
-        check_ranks_agree(gpt, env)
+        check_ranks_agree(module, env)
         log("weights identical on all ranks")
-    skipped = f" ({skipped_steps} update(s) skipped)" if skipped_steps else ""
-    return EXIT_OK, f"finished at step {step}{skipped}", step
+    skipped = f" ({state.skipped_steps} update(s) skipped)" if state.skipped_steps else ""
+    return EXIT_OK, f"finished at step {state.step}{skipped}", state.step
+
+
+# ---- building blocks, in the order the loop uses them ------------------------------------------
+
+
+def check_dataset(cfg: TrainConfig, trainee: Trainee, log) -> None:
+    """Log every sample the family left out; raise TrainingError when too few remain."""
+    for problem in trainee.problems:
+        log(f"dataset check: skipped {problem}")
+    if not trainee.train_set:
+        raise TrainingError("dataset check: no usable training clip in train.csv:\n" + "\n".join(trainee.problems))
+    if len(trainee.train_set) < cfg.min_training_clips:
+        raise TrainingError(
+            f"dataset check: only {len(trainee.train_set)} usable training clip(s) in train.csv, fewer than "
+            f"min_training_clips = {cfg.min_training_clips}; add recordings in the Dataset tab"
+        )
+    seconds = sum(s.seconds for s in trainee.train_set)
+    log(f"dataset: {len(trainee.train_set)} training clips ({seconds:.1f} s), {len(trainee.val_set)} validation "
+        f"clips; {trainee.info}")  # fmt: skip
+
+
+def batch_plan(cfg: TrainConfig, samples: list, world: int) -> Callable[[int], list[list[int]]]:
+    """``epoch -> global batches`` (lists of sample indices): clips per batch
+    (data.epoch_batches, ``batch_size``) or mel frames per process (data.frame_batches,
+    ``batch_frames`` x processes x accumulation frames per global batch)."""
+    if cfg.batch_frames:
+        frames = [s.frames for s in samples]
+        budget = cfg.batch_frames * world * cfg.gradient_accumulation
+        parts = world * cfg.gradient_accumulation
+        return lambda epoch: data.frame_batches(frames, budget, parts, cfg.seed, epoch)
+    durations = [s.seconds for s in samples]
+    return lambda epoch: data.epoch_batches(durations, cfg.batch_size, cfg.seed, epoch)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``multistep``: MultiStepLR over epochs (stepped at each epoch's end). ``warmup_linear``: the
+    learning rate rises linearly over W updates and then falls linearly to 0 at ``total_steps``
+    (stepped per applied update; F5-TTS's fine-tuning schedule, ``f5_tts/model/trainer.py``:
+    LinearLR warm-up then LinearLR decay), W = ``warmup_fraction`` of the updates, at least
+    ``warmup_min_updates`` when the run has four times as many."""
+    if cfg.lr_schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    warmup = warmup_updates(cfg, total_steps)
+    decay = max(1, total_steps - warmup)
+
+    def factor(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / (warmup + 1)
+        return max(0.0, 1.0 - (update - warmup) / decay)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_updates(cfg: TrainConfig, total_steps: int) -> int:
+    """Warm-up updates of ``warmup_linear`` (see :func:`make_scheduler`)."""
+    warmup = round(cfg.warmup_fraction * total_steps)
+    if total_steps >= 4 * cfg.warmup_min_updates:
+        warmup = max(warmup, cfg.warmup_min_updates)
+    return min(warmup, max(total_steps - 1, 0))
+
+
+def make_ema(module: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An EMA of ``module``'s parameters and buffers, ``w_ema <- decay w_ema + (1 - decay) w``
+    per applied update (``torch.optim.swa_utils.get_ema_multi_avg_fn``)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def resume(run: Run) -> bool:
+    """Load the newest complete checkpoint into the run (weights, optimizer, scheduler, scaler,
+    EMA, TrainState with its RNG); False when there is none."""
+    latest = ckpt.load_latest_checkpoint(run.run_dir, log=run.log)
+    if latest is None:
+        return False
+    path, weights, saved = latest
+    run.trainee.module.load_state_dict(weights, strict=True)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    ckpt.load_scheduler_state(run.scheduler, saved["scheduler"])
+    run.scaler.load_state_dict(saved["scaler"])
+    state = TrainState.from_checkpoint(saved)
+    ckpt.restore_rng_state(state.rng)
+    if run.ema is not None:
+        ema_weights = ckpt.load_ema(path)
+        if ema_weights is not None:
+            run.ema.module.load_state_dict(ema_weights, strict=True)
+            run.ema.n_averaged.fill_(state.ema_updates)
+        else:
+            run.log(f"note: {path.name} has no EMA weights; the EMA starts again from the current weights")
+            run.ema = make_ema(run.trainee.module, run.cfg.ema_decay)
+    if not (state.world_size == run.env.world_size and state.batch_size == run.cfg.batch_size):
+        # Another shape: the micro-batch split is the config's, not the one saved.
+        state.gradient_accumulation = run.state.gradient_accumulation
+        state.micro_batch_size = run.state.micro_batch_size
+        state.world_size, state.batch_size = run.env.world_size, run.cfg.batch_size
+    run.state = state
+    run.log(f"resumed from {path.name}: step {state.step}, epoch {state.epoch}, "
+            f"batch {state.batch_in_epoch} of {run.steps_per_epoch}")  # fmt: skip
+    return True
+
+
+def train_step(run: Run, batch: list[int], status: dict, clock) -> tuple[bool, tuple | None]:
+    """One global batch: forward/backward (with the out-of-memory recovery), clipping, the
+    update (or its skip), EMA, metrics, spike watch. Returns (applied, diverged) where
+    ``diverged`` is the loop's return value when the run must stop as diverged, else None."""
+    cfg, state, env = run.cfg, run.state, run.env
+    started = clock()
+    runtime.set_train_mode(run.trainee.module, run.frozen)
+    terms = backward_with_oom_recovery(run, batch)
+    run.scaler.unscale_(run.optimizer)
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+    names = sorted(terms)
+    averaged = runtime.all_mean([terms[n] for n in names] + [float(grad_norm)], run.env)
+    terms, grad_norm_mean = dict(zip(names, averaged[:-1], strict=True)), averaged[-1]
+    loss_value = terms.pop("loss")
+    # With fp16 an overflowing gradient is the grad scaler's business: it skips that update and
+    # lowers its scale (several times at the start, by design). Only a non-finite loss, or a
+    # non-finite gradient without a scaler, counts towards divergence.
+    overflow = run.scaler.is_enabled() and math.isfinite(loss_value) and not math.isfinite(grad_norm_mean)
+    finite = math.isfinite(loss_value) and (math.isfinite(grad_norm_mean) or overflow)
+    if finite:
+        run.scaler.step(run.optimizer)  # on an fp16 overflow the scaler skips the update itself
+        state.consecutive_skips = 0
+    else:
+        state.consecutive_skips += 1
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    lr = run.scheduler.get_last_lr()[0]
+    state.batch_in_epoch += 1
+    applied = finite and not overflow
+    if applied:
+        state.step += 1
+        if cfg.lr_schedule == "warmup_linear":
+            run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.trainee.module)
+            state.ema_updates += 1
+        row = {"step": state.step, "epoch": run.epoch_position(), "split": "train", **terms, "loss": loss_value,
+               "lr": lr, "time": time.time(), "grad_norm": grad_norm_mean,
+               "samples_per_second": len(batch) / (clock() - started), "samples": batch}  # fmt: skip
+        watch_spike(run, row, loss_value, status)
+        run.metrics.write(row)
+        if env.is_main and (state.step % 10 == 0 or state.step == 1):
+            shown = "  ".join(f"{n} {v:.4f}" for n, v in terms.items())
+            run.log(f"step {state.step}/{run.total_steps}  epoch {row['epoch']:.2f}  {shown}  lr {lr:.2e}")
+    else:  # not applied: counted apart, so step and the schedule count applied updates only
+        state.skipped_steps += 1
+        why = "fp16 gradient overflow (the grad scaler lowers its scale)" if overflow else "non-finite loss or gradient"
+        event = {"event": "skipped_step", "step": state.step, "epoch": run.epoch_position(), "time": time.time(),
+                 "reason": why, "skipped_steps": state.skipped_steps, "samples": batch}  # fmt: skip
+        run.metrics.write({**event, **({"loss": loss_value} if math.isfinite(loss_value) else {})})
+        if not overflow:
+            run.log(f"after step {state.step}: {why}, update skipped ({state.consecutive_skips} in a row)")
+        if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+            status["skipped_steps"] = state.skipped_steps
+            message = (
+                f"loss diverged after step {state.step}: {state.consecutive_skips} updates in a row skipped ({why})"
+            )
+            return False, (EXIT_DIVERGED, message, state.step)
+    if finite:
+        state.loss_average = loss_value if state.loss_average is None else 0.9 * state.loss_average + 0.1 * loss_value
+    return applied, None
+
+
+def watch_spike(run: Run, row: dict, loss_value: float, status: dict) -> None:
+    """Mark a training loss above SPIKE_FACTOR x its moving average as a spike; at a spike's first
+    step, the newest checkpoint saved before it becomes "last good" (kept from pruning)."""
+    state = run.state
+    if state.loss_average is None or loss_value <= SPIKE_FACTOR * state.loss_average:
+        state.spike_start = None
+        return
+    row["spike"] = True
+    if state.spike_start is None:  # the first step of a spike: the checkpoints before it are good
+        state.spike_start = state.step
+        good = [c.step for c in runs.list_checkpoints(run.run_dir)
+                if c.complete and c.step < state.step and c.step not in state.spike_checkpoints]  # fmt: skip
+        if good:
+            state.last_good_step = good[-1]
+            state.last_good_steps = sorted({*state.last_good_steps, state.last_good_step})
+        run.log(f"step {state.step}: loss spike {loss_value:.4f} against a moving average of "
+                f"{state.loss_average:.4f}; " + (f"last good checkpoint {runs.checkpoint_name(state.last_good_step)} "
+                "kept — resume from it with a lower learning rate: python -m engine branch"
+                if good else "no checkpoint before it yet"))  # fmt: skip
+    run.metrics.write({"event": "spike", "step": state.step, "epoch": row["epoch"], "time": row["time"],
+                       "loss": loss_value, "moving_average": state.loss_average,
+                       "last_good_step": state.last_good_step, "spike_start": state.spike_start})  # fmt: skip
+    status["last_good_step"] = state.last_good_step
+
+
+def backward(run: Run, batch: list[int]) -> dict[str, float]:
+    """Forward and backward over this rank's micro-batches of one global batch; gradients
+    accumulate (DDP syncs on the last). Returns the family's loss terms, averaged over the
+    micro-batches (``loss`` the optimised one)."""
+    cfg, env, state = run.cfg, run.env, run.state
+    accumulation = state.gradient_accumulation
+    sums: dict[str, float] = {}
+    for a in range(accumulation):
+        index = a * env.world_size + env.rank  # this micro-batch's place in the global batch
+        seed = micro_seed(cfg.seed, state.step, index)
+        torch.manual_seed(seed)
+        samples = [run.trainee.train_set[i] for i in data.split_batch(batch, index, run.parts)]
+        inputs = to_device(run.trainee.collate(samples, random.Random(seed)), env.device)
+        sync = a == accumulation - 1 or not env.distributed
+        with run.model.no_sync() if not sync else contextlib.nullcontext():
+            with torch.autocast(env.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                terms = run.trainee.losses(run.model, inputs)
+            run.scaler.scale(terms["loss"] / accumulation).backward()
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value.item() / accumulation
+    return sums
+
+
+def backward_with_oom_recovery(run: Run, batch: list[int]) -> dict[str, float]:
+    """:func:`backward`; on CUDA out-of-memory free memory and retry once, then halve the
+    micro-batch and double gradient accumulation (the effective batch is unchanged) until
+    it fits. The new split is kept in the TrainState, so resume keeps it. Under DDP the error
+    is raised: one rank cannot retry while the others wait in a collective."""
+    state, retried = run.state, False
+    while True:
+        try:
+            return backward(run, batch)
+        except torch.cuda.OutOfMemoryError:
+            run.optimizer.zero_grad(set_to_none=True)
+            free_memory(run.env.device)
+            smallest = len(batch) // run.parts <= 1
+            if run.env.distributed or (retried and smallest):
+                raise
+            if not retried:
+                retried = True
+                event = {"event": "oom_retry"}
+            else:
+                state.micro_batch_size = max(1, state.micro_batch_size // 2)
+                state.gradient_accumulation *= 2
+                event = {"event": "oom_split", "micro_batch_size": state.micro_batch_size,
+                         "gradient_accumulation": state.gradient_accumulation}  # fmt: skip
+            run.metrics.write({**event, "step": state.step + 1, "epoch": run.epoch_position(), "time": time.time()})
+            run.log(f"step {state.step + 1}: CUDA out of memory; " + (
+                "retrying once" if event["event"] == "oom_retry"
+                else f"now {state.gradient_accumulation} micro-batches of {state.micro_batch_size} clips"))  # fmt: skip
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def validate(run: Run) -> None:
+    """The family's loss terms over the validation clips (rank slices, averaged over all ranks,
+    weighted by clips), logged as a ``validation`` row; the best loss is kept."""
+    cfg, env, state = run.cfg, run.env, run.state
+    val_set = run.trainee.val_set
+    if not val_set:
+        return
+    run.trainee.module.eval()
+    size = max(1, state.micro_batch_size)
+    sums: dict[str, float] = {}
+    count = 0
+    with torch.no_grad(), torch.autocast(env.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        for start in range(env.rank * size, len(val_set), size * env.world_size):
+            samples = val_set[start : start + size]
+            torch.manual_seed(micro_seed(cfg.seed, -1, start))  # a flow family draws noise and times
+            terms = run.trainee.losses(run.trainee.module, to_device(run.trainee.collate(samples, None), env.device))
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item() * len(samples)
+            count += len(samples)
+    names = ["loss", *run.family.loss_terms]  # the same on every rank, with or without clips
+    totals = runtime.all_mean([sums.get(n, 0.0) for n in names] + [float(count)], env)
+    terms = {n: totals[i] / max(totals[-1], 1e-9) for i, n in enumerate(names)}
+    loss = terms.pop("loss")
+    run.metrics.write({"step": state.step, "epoch": run.epoch_position(), "split": "validation", **terms,
+                       "loss": loss, "lr": run.scheduler.get_last_lr()[0], "time": time.time()})  # fmt: skip
+    shown = "  ".join(f"{n} {v:.4f}" for n, v in terms.items())
+    run.log(f"validation at step {state.step}: {shown}  loss {loss:.4f}")
+    if state.best_loss is None or loss < state.best_loss:
+        state.best_loss, state.best_step = loss, state.step
+
+
+def save(run: Run, reason: str) -> None:
+    """Save a checkpoint (rank 0; the others wait at a barrier): weights, EMA, optimizer,
+    scheduler, scaler and the whole TrainState; prune to ``keep_checkpoints`` (the best and the
+    last good ones kept); start the background evaluator when scoring is on."""
+    state, cfg = run.state, run.cfg
+    if run.env.is_main:
+        state.rng = ckpt.capture_rng_state()
+        saved = dataclasses.asdict(state)
+        if state.spike_start is not None:
+            saved["spike_checkpoints"] = [*state.spike_checkpoints, state.step]
+        saved.update(optimizer=run.optimizer.state_dict(), scheduler=ckpt.scheduler_state(run.scheduler),
+                     scaler=run.scaler.state_dict())  # fmt: skip
+        ema = run.ema.module.state_dict() if run.ema is not None else None
+        path = ckpt.save_checkpoint(run.run_dir, state.step, run.trainee.module.state_dict(), saved, ema_state=ema)
+        protect = {s for s in (state.best_step, *state.last_good_steps) if s is not None}
+        ckpt.prune_checkpoints(run.run_dir, cfg.keep_checkpoints, protect=protect)
+        run.metrics.write({"event": "checkpoint", "step": state.step, "epoch": run.epoch_position(),
+                           "time": time.time(), "reason": reason})  # fmt: skip
+        run.log(f"saved {path.name} ({reason})")
+        start_evaluator(run)
+    if state.spike_start is not None and state.step not in state.spike_checkpoints:
+        state.spike_checkpoints.append(state.step)  # saved during a spike: never "last good"
+    if run.env.distributed:
+        torch.distributed.barrier()
+
+
+def start_evaluator(run: Run) -> None:
+    """At every save: (re)start the background evaluator unless one is alive, or unless the one
+    this trainer started could not run (its reason is in eval/summary.json)."""
+    if not run.cfg.evaluate or (run.evaluators and evaluation.read_summary(run.run_dir).get("error")):
+        return
+    pid = evaluation.start_evaluator(
+        run.run_dir.parent.name, run.run_dir.name, os.getpid(), waiting=run.env.device.type == "cpu"
+    )
+    if pid not in run.evaluators:
+        run.evaluators.append(pid)
+        run.log(f"scoring checkpoints in the background (pid {pid}, eval/evaluate.log)")
 
 
 def free_memory(device: torch.device) -> None:

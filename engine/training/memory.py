@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from engine import paths
-from engine.audio import write_bytes_atomic
+from engine.files import write_bytes_atomic
 
 MEMORY_FILE = "training_memory.json"
 

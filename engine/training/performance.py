@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from engine.config import OPTIMIZERS
+from engine.errors import TimbreError
 
 
-class PerformanceError(ValueError):
+class PerformanceError(TimbreError, ValueError):
     """A speed or memory setting this machine cannot honour; the message says what to choose."""
 
 
@@ -68,7 +69,10 @@ def attention_kernel(gpt) -> str:
     """The attention implementation the GPT's transformer runs (transformers' ``_attn_implementation``:
     ``"sdpa"`` is ``torch.nn.functional.scaled_dot_product_attention``, which picks flash or
     memory-efficient kernels on a GPU; ``"eager"`` the plain matmul-softmax)."""
-    return str(getattr(gpt.gpt.config, "_attn_implementation", None) or "eager")
+    inner = getattr(gpt, "gpt", None)
+    if inner is None or not hasattr(inner, "config"):
+        return "the family's own"  # not a transformers model (F5-TTS's DiT uses SDPA itself)
+    return str(getattr(inner.config, "_attn_implementation", None) or "eager")
 
 
 def describe(optimizer: torch.optim.Optimizer, gpt, device: torch.device, checkpointing: bool) -> str:

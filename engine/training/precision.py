@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from engine.config import PRECISIONS
+from engine.errors import TimbreError
 
 #: The autocast dtype of each ``precision:`` setting (None: no autocast, float32 throughout).
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
@@ -42,7 +43,7 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
-class PrecisionError(ValueError):
+class PrecisionError(TimbreError, ValueError):
     """A ``precision:`` setting this device cannot train with; the message says what to choose."""
 
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import psutil
 
 from engine import paths, runs
-from engine.config import ConfigError, TrainConfig, write_text_atomic
+from engine.config import ConfigError, TrainConfig
+from engine.errors import TimbreError
+from engine.files import write_text_atomic
 from engine.runs import is_pid_alive  # re-exported: process.is_pid_alive
 
 __all__ = [
@@ -49,7 +51,7 @@ _POLL_S = 0.05
 _REATTACH_POLL_S = 1.0
 
 
-class TrainingAlreadyRunning(RuntimeError):
+class TrainingAlreadyRunning(TimbreError, RuntimeError):
     """A trainer already runs for this run, or another live trainer uses the same GPUs."""
 
 

@@ -155,27 +155,19 @@ class StopRequest:
 
 
 def freeze_groups(gpt) -> dict[str, list[torch.nn.Module]]:
-    """The named module groups of coqui's XTTS GPT that ``freeze:`` may list."""
-    groups = {
-        "text_embedding": [gpt.text_embedding, gpt.text_pos_embedding],
-        "text_head": [gpt.text_head],
-        "mel_embedding": [gpt.mel_embedding, gpt.mel_pos_embedding],
-        "mel_head": [gpt.mel_head],
-        "conditioning_encoder": [gpt.conditioning_encoder],
-        "transformer": [gpt.gpt, gpt.final_norm],
-    }
-    if getattr(gpt, "conditioning_perceiver", None) is not None:
-        groups["conditioning_encoder"].append(gpt.conditioning_perceiver)
-    return groups
+    """The named module groups of coqui's XTTS GPT (engine.models.xtts.freeze_groups)."""
+    from engine.models.xtts import freeze_groups as xtts_groups
+
+    return xtts_groups(gpt)
 
 
-def apply_freeze(gpt, names: list[str]) -> list[torch.nn.Module]:
-    """Turn off gradients for the named groups and return their modules.
+def apply_freeze(groups: dict[str, list[torch.nn.Module]], names: list[str]) -> list[torch.nn.Module]:
+    """Turn off gradients for the named groups (``{name: [modules]}``, the family's
+    ``Trainee.freeze_groups``) and return their modules.
 
     The caller keeps these modules in eval mode (see :func:`set_train_mode`) so dropout and any
     running buffers cannot change them, and leaves their parameters out of the optimizer (so
-    weight decay cannot move them either)."""
-    groups = freeze_groups(gpt)
+    weight decay cannot move them either). Raises KeyError for a name not in ``groups``."""
     frozen = [m for name in names for m in groups[name]]
     for module in frozen:
         module.requires_grad_(False)

@@ -3,9 +3,12 @@
 Each tab module has ``build(ctx) -> dict[str, Component]``, called inside ``gr.Blocks`` by
 :func:`webui.app.build_app`. Handlers receive a *set* of components (Gradio passes a dict keyed
 by component); :func:`named` turns that into a dict keyed by field name, so the handler logic
-is plain functions that tests call without a browser. Engine errors are plain exceptions;
-:func:`engine_errors` turns them into ``gr.Error`` (absolute paths removed by
-:func:`browser_text`) and :func:`progress_callable` hands the engine a plain
+is plain functions that tests call without a browser. Engine errors are plain exceptions
+deriving from :class:`engine.errors.TimbreError`; :func:`engine_errors` turns those (and
+``OSError``: a full disk, a refused permission, a missing file) into ``gr.Error`` (absolute
+paths removed by :func:`browser_text`) and lets anything else through to Gradio, which shows a
+plain "Error" and logs the traceback: a bug is not dressed up as the user's mistake.
+:class:`FormError` is the tabs' own "complete the form first". :func:`progress_callable` hands the engine a plain
 ``progress(fraction, description)`` backed by ``gr.Progress``. :func:`page_file` hands Gradio
 a data-folder file the page plays, without the data folder ever being served.
 """
@@ -26,13 +29,20 @@ from gradio.processing_utils import save_file_to_cache
 from gradio.utils import get_upload_folder
 
 from engine import paths
+from engine.errors import TimbreError
 from engine.settings import AppSettings, format_size, parse_size, save_settings
 
 logger = logging.getLogger("webui")
 
-#: The exceptions the engine raises for bad input or missing files (ConfigError, DatasetError,
-#: InvalidNameError and TranscriptionError are ValueErrors; BaseModelError is a RuntimeError).
-ENGINE_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
+#: What a handler shows the user as a message: the engine's own errors, and file-system
+#: failures (disk full, permission denied, a file removed meanwhile). Anything else is a bug and
+#: reaches Gradio as it is (a plain "Error" in the page, the traceback in the server log).
+ENGINE_ERRORS = (TimbreError, OSError)
+
+
+class FormError(TimbreError, ValueError):
+    """A form to complete or correct before its action runs ("choose a voice first"); the
+    message says what to do."""
 
 
 @dataclass
@@ -70,7 +80,8 @@ def named(values: dict[Any, Any], components: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def engine_errors(what: str) -> Iterator[None]:
-    """Re-raise an engine exception as ``gr.Error("<what>: <message>")`` (traceback to the log)."""
+    """Re-raise an :data:`ENGINE_ERRORS` exception as ``gr.Error("<what>: <message>")`` (its
+    traceback to the log); any other exception passes unchanged (Gradio logs it)."""
     try:
         yield
     except gr.Error:

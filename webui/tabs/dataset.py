@@ -21,7 +21,9 @@ import gradio as gr
 import pandas as pd
 
 from engine import audio, dataset, dataset_edit, dataset_quality, languages, paths, transcribe
+from engine.files import write_bytes_atomic
 from webui.tabs import (
+    FormError,
     LogLines,
     TabContext,
     dataset_editor,
@@ -105,7 +107,7 @@ def upload_names(voice: str) -> dict[str, str]:
 def _save_upload_names(folder: Path, new: dict[str, str]) -> None:
     names = {**upload_names(folder.name), **new}
     text = json.dumps(names, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
-    audio.write_bytes_atomic(folder / UPLOAD_NAMES_FILE, text.encode("utf-8"))
+    write_bytes_atomic(folder / UPLOAD_NAMES_FILE, text.encode("utf-8"))
 
 
 def _free_target(folder: Path, name: str, source: Path) -> Path | None:
@@ -269,18 +271,18 @@ VIEW_KEYS = ("recordings", "summary", "skipped", "clips", *dataset_editor.PANEL_
 
 
 def clip_path(voice: str, audio_file: str) -> str:
-    """The absolute path of a clip named in the table; raises ValueError outside the dataset."""
+    """The absolute path of a clip named in the table; raises FormError (a ValueError) outside the dataset."""
     base = paths.dataset_dir(voice).resolve()
     path = (base / audio_file).resolve()
     if base not in path.parents or not path.is_file():
-        raise ValueError(f"no clip {audio_file!r} in {base}")
+        raise FormError(f"no clip {audio_file!r} in {base}")
     return str(path)
 
 
 def run_transcription(form: dict, progress=None, log=print) -> dataset.DatasetReport:
     """Call :func:`engine.dataset.prepare_dataset` with the form's values."""
     if not form.get("voice"):
-        raise ValueError("choose or create a voice first")
+        raise FormError("choose or create a voice first")
     language = form.get("language") or "auto"
     return dataset.prepare_dataset(
         form["voice"],

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from engine import dataset_edit
-from webui.tabs import engine_errors, named, page_file
+from webui.tabs import FormError, engine_errors, named, page_file
 
 CLIP_COLUMNS = ["clip", "split", "sec", "dBFS", "text", "flags"]
 SHOW_CHOICES = ["all", "flagged", "excluded"]
@@ -122,12 +122,13 @@ def apply_change(form: dict, action: str) -> str:
 
     ``form`` has ``voice``, ``selected`` (``wavs/…``), ``clip_text``, ``backend``,
     ``whisper_model``, ``language``; ``action`` is ``"save"``, ``"revert"``, ``"exclude"``
-    (toggles: a left-out clip is restored) or ``"retranscribe"``. Raises ValueError with the
-    reason (no clip selected, empty text, a failed transcription …).
+    (toggles: a left-out clip is restored) or ``"retranscribe"``. Raises FormError (no clip
+    selected) or the engine's error with the reason (empty text, a failed transcription …), all
+    ValueErrors; ValueError for an unknown ``action`` (a bug in the wiring).
     """
     voice, audio_file = form.get("voice"), form.get("selected")
     if not voice or not audio_file:
-        raise ValueError("select a clip in the table first")
+        raise FormError("select a clip in the table first")
     name = Path(audio_file).name
     if action == "save":
         dataset_edit.edit_text(voice, audio_file, form.get("clip_text") or "")
@@ -138,7 +139,7 @@ def apply_change(form: dict, action: str) -> str:
     if action == "exclude":
         clip = next((c for c in dataset_edit.list_clips(voice) if c["audio_file"] == audio_file), None)
         if clip is None:
-            raise ValueError(f"no clip {audio_file!r} in the dataset")
+            raise FormError(f"no clip {audio_file!r} in the dataset")
         restore = clip["split"] == "excluded"
         dataset_edit.set_excluded(voice, audio_file, excluded=not restore)
         return f"Restored {name}." if restore else f"Excluded {name} from training (kept in wavs/)."

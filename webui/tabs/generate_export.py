@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine import export, generate
-from webui.tabs import LogLines, TabContext, engine_errors, progress_callable
+from webui.tabs import FormError, LogLines, TabContext, engine_errors, progress_callable
 from webui.tabs import generate_form as gform
 
 EXPORT_HELP = (
@@ -35,9 +35,9 @@ def export_zip(ctx: TabContext, form: dict, log=print, progress=None) -> Path:
     with its reference clips; returns the zip."""
     voice, run = form.get("voice"), form.get("run")
     if not voice:
-        raise ValueError("choose a voice first")
+        raise FormError("choose a voice first")
     if not run or run == generate.BASE_MODEL or run.startswith(generate.IMPORTED_PREFIX):
-        raise ValueError("choose one of the voice's runs as the model: only a fine-tune can be exported")
+        raise FormError("choose one of the voice's runs as the model: only a fine-tune can be exported")
     checkpoint = gform.BEST if form.get("export_best") else form.get("checkpoint") or gform.LATEST
     return export.export_model(
         voice, run, checkpoint, references=list(form.get("references") or []) or None,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine import conditioning, generate, paths, runs
-from webui.tabs import TabContext
+from webui.tabs import FormError, TabContext
 
 LATEST = "latest"
 BEST = runs.BEST
@@ -27,6 +27,9 @@ RANGES = {
     "length_penalty": (0.5, 2.0, 0.1),
     "speed": (0.5, 2.0, 0.05),
     "max_seconds": (0.0, 30.0, 0.5),
+    "nfe_step": (4, 64, 1),
+    "cfg_strength": (0.0, 5.0, 0.1),
+    "sway_sampling_coef": (-1.0, 1.0, 0.1),
 }
 #: Settings shown in the main row rather than in the Sampling accordion.
 FIELDS_SET_ELSEWHERE = ("seed",)
@@ -125,7 +128,8 @@ def references_info(voice: str | None) -> str:
 
 
 def make_settings(form: dict) -> generate.GenerationSettings:
-    """GenerationSettings from the form; an empty seed draws one. Raises ValueError naming the field."""
+    """GenerationSettings from the form; an empty seed draws one. Raises FormError (a bad seed)
+    or GenerationError (a bad setting), both ValueErrors naming the field."""
     hints = typing.get_type_hints(generate.GenerationSettings)
     values = {}
     for f in settings_fields():
@@ -133,18 +137,18 @@ def make_settings(form: dict) -> generate.GenerationSettings:
             values[f.name] = hints[f.name](form[f.name]) if hints[f.name] in (int, float, bool) else form[f.name]
     seed = str(form.get("seed") or "").strip()
     if seed and not seed.isdigit():
-        raise ValueError(f"seed must be a whole number or empty, got {seed!r}")
+        raise FormError(f"seed must be a whole number or empty, got {seed!r}")
     return generate.GenerationSettings(**values, seed=int(seed) if seed else None)
 
 
 def candidate_count(form: dict) -> int:
-    """The number of candidates asked for, 1 to :data:`MAX_CANDIDATES`. Raises ValueError."""
+    """The number of candidates asked for, 1 to :data:`MAX_CANDIDATES`. Raises FormError (a ValueError)."""
     try:
         count = int(form.get("candidates") or 1)
     except (TypeError, ValueError):
-        raise ValueError(f"candidates must be a whole number, got {form.get('candidates')!r}") from None
+        raise FormError(f"candidates must be a whole number, got {form.get('candidates')!r}") from None
     if not 1 <= count <= MAX_CANDIDATES:
-        raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {count}")
+        raise FormError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {count}")
     return count
 
 
@@ -171,14 +175,14 @@ def synthesizer(ctx: TabContext) -> generate.Synthesizer:
     """The app's synthesizer for the base model of the Settings tab (made again when that changes)."""
     base_model = ctx.settings.base_model_dir()
     if ctx.synthesizer is None or Path(ctx.synthesizer.base_model) != Path(base_model):
-        ctx.synthesizer = generate.Synthesizer(base_model)
+        ctx.synthesizer = generate.make_synthesizer(base_model)  # of the folder's family
     return ctx.synthesizer
 
 
 def _request(ctx: TabContext, form: dict) -> dict:
     voice = form.get("voice")
     if not voice:
-        raise ValueError("choose a voice first")
+        raise FormError("choose a voice first")
     run = form.get("run") or generate.BASE_MODEL
     return dict(
         voice=voice, text=form.get("text") or "", run=None if run == generate.BASE_MODEL else run,

@@ -235,6 +235,9 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         and that language's evaluation sentences."""
         language = tform.default_language(voice)
         fresh = {"language": language, "eval_sentences": tform.default_eval_sentences(voice, language)}
+        family = tform.detected_family(ctx.settings.base_model_dir(), "xtts")
+        if family != "xtts":  # the Settings tab's base model is of another family: its recipe
+            fresh |= {"family": family, **tform.family_recipe(family)}
         return [fresh.get(name, gr.skip()) for name in form]
 
     def sentences_for(voice, language, sentences):
@@ -252,6 +255,25 @@ def _wire(ctx: TabContext, ui: dict) -> None:
 
     def on_language(voice, language, sentences):
         return sentences_for(voice, language, sentences)
+
+    view_names = ["freeze", *tform.FAMILY_ONLY]
+    recipe_names = [name for name in tform.family_recipe("xtts") if name not in view_names]
+
+    def on_family(family, freeze):
+        """The user chose a family: its recipe's values and its fields."""
+        recipe, view = tform.family_recipe(family), tform.family_view(family, freeze)
+        return [*(recipe[name] for name in recipe_names), *(view[name] for name in view_names)]
+
+    def on_family_view(family, freeze):
+        view = tform.family_view(family, freeze)
+        return [view[name] for name in view_names]
+
+    def on_base_model(base_model, family, freeze):
+        """A base-model folder of the other family typed in: switch the form to that family."""
+        found = tform.detected_family(base_model, family)
+        if found == family:
+            return [gr.skip()] * (1 + len(recipe_names) + len(view_names))
+        return [found, *on_family(found, freeze)]
 
     def on_run(voice, run):
         with engine_errors("Opening the run"):
@@ -351,6 +373,15 @@ def _wire(ctx: TabContext, ui: dict) -> None:
         show_progress="hidden",
     )  # fmt: skip
     ui["runs"].input(on_run, [ui["voice"], ui["runs"]], [ui["run_name"], *form_list])
+    family_outputs = [*(form[name] for name in recipe_names), *(form[name] for name in view_names)]
+    form["family"].input(on_family, [form["family"], form["freeze"]], family_outputs, show_progress="hidden")
+    form["family"].change(
+        on_family_view, [form["family"], form["freeze"]], [form[name] for name in view_names], show_progress="hidden"
+    )
+    gr.on(  # typed in: when the box is left or Enter is pressed
+        [form["base_model"].blur, form["base_model"].submit], on_base_model,
+        [form["base_model"], form["family"], form["freeze"]], [form["family"], *family_outputs], show_progress="hidden",
+    )  # fmt: skip
     ui["run_table"].select(on_table_select, ui["voice"], [ui["runs"], ui["run_name"], *form_list])
     changes = [ui["run_name"].change, ui["voice"].change, ui["compare"].change, ui["axis"].change]
     gr.on(changes, on_change, watched, live, **monitor_events)

@@ -13,15 +13,18 @@ suggestion comes from :mod:`engine.hardware` (the GPU memory found, or none).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
+from pathlib import Path
 
 import gradio as gr
 
 from engine import eval_sentences, hardware, languages, paths
 from engine.config import (
     FIELD_HELP,
-    FREEZE_GROUPS,
+    FREEZE_GROUPS_BY_FAMILY,
+    LR_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
     ConfigError,
@@ -35,13 +38,31 @@ from webui.tabs import TabContext
 
 #: Form layout: (section title, fields, open). Fields not named here land in "Other".
 SECTIONS = (
-    ("Schedule", ("epochs", "max_steps", "learning_rate", "milestones", "gamma", "weight_decay"), True),
-    ("Batch and hardware", ("batch_size", "gradient_accumulation", "gpus", "precision", "num_workers"), True),
+    ("Model", ("family", "base_model", "init_weights"), True),
+    (
+        "Schedule",
+        (
+            "epochs",
+            "max_steps",
+            "learning_rate",
+            "lr_schedule",
+            "warmup_fraction",
+            "warmup_min_updates",
+            "milestones",
+            "gamma",
+            "weight_decay",
+        ),
+        True,
+    ),
+    (
+        "Batch and hardware",
+        ("batch_size", "batch_frames", "gradient_accumulation", "gpus", "precision", "num_workers"),
+        True,
+    ),
     ("Speed and memory", ("optimizer", "gradient_checkpointing", "tf32"), False),
-    ("Losses", ("text_loss_weight", "mel_loss_weight", "max_grad_norm", "freeze"), False),
+    ("Losses", ("text_loss_weight", "mel_loss_weight", "max_grad_norm", "ema_decay", "freeze"), False),
     ("Validation and checkpoints", ("validate_every", "save_every", "keep_checkpoints"), False),
     ("Data", ("language", "max_text_tokens", "min_audio_seconds", "max_audio_seconds", "seed"), False),
-    ("Model", ("base_model", "init_weights"), False),
     ("Checkpoint evaluation", ("evaluate", "eval_seed", "eval_backend", "eval_whisper_model", "eval_sentences"), True),
 )
 #: Fields set by the voice and run selectors above the form.
@@ -50,8 +71,13 @@ LABELS = {
     "gpus": "GPUs", "max_steps": "Max steps", "init_weights": "Start from weights",
     "evaluate": "Evaluate checkpoints", "eval_sentences": "Evaluation sentences", "eval_seed": "Evaluation seed",
     "eval_backend": "Evaluation Whisper backend", "eval_whisper_model": "Evaluation Whisper model",
-    "tf32": "TF32 matmuls", "gradient_checkpointing": "Gradient checkpointing",
+    "tf32": "TF32 matmuls", "gradient_checkpointing": "Gradient checkpointing", "family": "Model family",
+    "lr_schedule": "Learning-rate schedule", "batch_frames": "Batch frames (per GPU)", "ema_decay": "EMA decay",
 }  # fmt: skip
+#: The family choices (label, value).
+FAMILY_CHOICES = [("XTTS-v2", "xtts"), ("F5-TTS v1", "f5")]
+#: Fields only one family reads: hidden in the form for the other.
+FAMILY_ONLY = {"text_loss_weight": "xtts", "mel_loss_weight": "xtts", "max_text_tokens": "xtts"}
 #: Fields given a section's full width, under its other fields.
 WIDE_FIELDS = ("eval_sentences",)
 #: Whisper backends of the evaluation ("" = the one the voice's dataset was prepared with).
@@ -221,6 +247,37 @@ def config_checks(form: dict, voice: str | None, run: str | None, existing: bool
     return "\n\n".join(lines)
 
 
+def detected_family(base_model: str | None, current: str) -> str:
+    """The family of the base-model folder typed in the form (engine.models.family_of), or
+    ``current`` while the text names no model folder of either family."""
+    from engine import models
+
+    folder = paths.home() / base_model if base_model and not os.path.isabs(base_model) else base_model
+    if not folder or not os.path.isdir(folder):
+        return current
+    family = models.family_of(folder)
+    return family if not models.get_family(family).missing_files(Path(folder)) else current
+
+
+def family_recipe(family: str) -> dict:
+    """The form values a new run of ``family`` starts from: TrainConfig's defaults with the
+    family's recipe (``ModelFamily.config_defaults``) over them, for the fields the recipes set."""
+    from engine import models
+
+    names = {name for f in models.FAMILIES for name in models.get_family(f).config_defaults}
+    recipe = models.get_family(family).config_defaults
+    return {name: to_form_value(name, recipe.get(name, getattr(TrainConfig(), name))) for name in sorted(names)}
+
+
+def family_view(family: str, freeze: list | None) -> dict:
+    """Component updates for ``family``: the freeze groups it has (the ticked ones it knows kept)
+    and the fields only the other family reads hidden."""
+    groups = list(FREEZE_GROUPS_BY_FAMILY.get(family, ()))
+    updates = {"freeze": gr.CheckboxGroup(choices=groups, value=[g for g in freeze or [] if g in groups])}
+    updates |= {name: gr.update(visible=owner == family) for name, owner in FAMILY_ONLY.items()}
+    return updates
+
+
 def batch_suggestion(form: dict, voice: str | None, gpus: list[hardware.GpuMemory]) -> hardware.BatchSuggestion:
     """The batch suggestion for the GPUs found and the voice's training clips (engine.hardware)."""
     counts = dataset_counts(voice) or (0, 0)
@@ -241,6 +298,10 @@ def field_component(field: dataclasses.Field, ctx: TabContext):
     common = {"label": LABELS.get(name, name.replace("_", " ").capitalize()), "info": FIELD_HELP.get(name) or None}
     common["elem_id"] = f"train-{name.replace('_', '-')}"
     common["min_width"] = 200
+    if name == "family":
+        return gr.Dropdown(FAMILY_CHOICES, value=default, **common)
+    if name == "lr_schedule":
+        return gr.Dropdown(list(LR_SCHEDULES), value=default, **common)
     if name == "precision":
         return gr.Dropdown(list(PRECISIONS), value=default, **common)
     if name == "optimizer":
@@ -254,7 +315,7 @@ def field_component(field: dataclasses.Field, ctx: TabContext):
         common["info"] = f"{common['info']} One sentence per line."
         return gr.Textbox(value=default, lines=8, max_lines=20, **common)
     if name == "freeze":
-        return gr.CheckboxGroup(list(FREEZE_GROUPS), value=default, **common)
+        return gr.CheckboxGroup(list(FREEZE_GROUPS_BY_FAMILY["xtts"]), value=default, **common)
     if name == "language":
         return gr.Dropdown(languages.choices(), value=default, **common)
     if name == "base_model":

@@ -32,6 +32,8 @@ MAX_POINTS = 1500  # per curve: a long run is thinned to this many points
 SMOOTH_FROM = 30  # train curves with at least this many points also get a moving average
 COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#be123c", "#a16207", "#4b5563")
 LOSS_PANELS = (("mel_ce", "Mel cross-entropy (the voice)"), ("text_ce", "Text cross-entropy"))
+#: An F5-TTS run logs one loss: its second panel shows the training speed instead.
+FLOW_PANELS = (("flow", "Flow-matching loss (the voice)"), ("speed", "Training speed (clips per second)"))
 _RENDER_LOCK = threading.Lock()  # rc_context changes matplotlib's global settings while saving
 
 GUIDE = """
@@ -56,6 +58,10 @@ above *max grad norm* is clipped; steady large values often come before a spike.
 
 Train curves are noisy step to step: read the bold moving average. With a few dozen clips,
 expect a few hundred steps before the voice settles.
+
+An **F5-TTS** run logs one loss, the **flow-matching loss** (mean squared error of the predicted
+flow on the masked mel frames): it falls slowly and stays noisy, so read the average, and let the
+checkpoint scores (intelligibility and speaker similarity) choose.
 """
 
 
@@ -76,9 +82,16 @@ def _x_at(series: RunSeries, event, axis: str) -> float:
     return event.step if axis == "step" else event.epoch
 
 
+def _panels(series_by_run: dict[str, RunSeries]) -> tuple[tuple[str, str], ...]:
+    """The two loss panels: the first run's family decides (F5-TTS's flow loss, or XTTS's CEs)."""
+    first = next(iter(series_by_run.values()), None)
+    return FLOW_PANELS if first is not None and first.main_loss() == "flow" else LOSS_PANELS
+
+
 def _draw_run(axes: dict, name: str, series: RunSeries, axis: str, color: str) -> None:
     tag = slug(name)
-    for key, _ in LOSS_PANELS:
+    panels = tuple((key, title) for key, title in axes["panels"])
+    for key, _ in panels:
         ax = axes[key]
         train = series.train[key]
         if len(train):
@@ -92,8 +105,8 @@ def _draw_run(axes: dict, name: str, series: RunSeries, axis: str, color: str) -
                 average = smooth(train.value, 0.9)
                 keep = thin(len(train), MAX_POINTS)
                 ax.plot(xs, [average[i] for i in keep], color=color, lw=1.8, gid=f"curve-{tag}-{key}-smooth")
-        validation = series.validation[key]
-        if len(validation):
+        validation = series.validation.get(key)  # none for the speed panel
+        if validation is not None and len(validation):
             xs, ys = _xy(validation, axis)
             ax.plot(xs, ys, "o--", color=color, lw=1.2, ms=4, gid=f"curve-{tag}-{key}-validation")
     for key in ("lr", "grad_norm"):
@@ -107,23 +120,26 @@ def _draw_run(axes: dict, name: str, series: RunSeries, axis: str, color: str) -
 
 
 def _draw_events(axes: dict, tag: str, series: RunSeries, axis: str, color: str) -> None:
-    mel = axes["mel_ce"]
+    main, panels = axes["panels"][0][0], axes["panels"]
+    mel = axes[main]
     checkpoints = [_x_at(series, e, axis) for e in series.events_of("checkpoint")]
     if checkpoints:
-        for key, _ in LOSS_PANELS:
+        for key, _ in panels:
             axes[key].plot(
                 checkpoints, [0.02] * len(checkpoints), "^", color=color, ms=6, alpha=0.8,
                 transform=axes[key].get_xaxis_transform(), clip_on=False, gid=f"marks-{tag}-checkpoint-{key}",
             )  # fmt: skip
     spikes = series.events_of("spike")
     if spikes:
-        train = series.train["mel_ce"]
+        train = series.train[main]
         values = dict(zip(train.step, train.value, strict=True))
         ys = [values.get(e.step, e.value) for e in spikes]
         mel.plot([_x_at(series, e, axis) for e in spikes], ys, "X", color="#dc2626", ms=9, gid=f"marks-{tag}-spike")
     skipped = [_x_at(series, e, axis) for e in series.events_of("skipped_step")]
     if skipped:
         for key, ax in axes.items():
+            if key == "panels":
+                continue
             ax.vlines(
                 skipped, 0, 1, transform=ax.get_xaxis_transform(), colors="#f59e0b", linestyles="--", lw=1,
                 gid=f"marks-{tag}-skipped-{key}",
@@ -135,7 +151,7 @@ def _draw_events(axes: dict, tag: str, series: RunSeries, axis: str, color: str)
             clip_on=False, gid=f"marks-{tag}-oom",
         )  # fmt: skip
     best = series.best_validation()
-    validation = series.validation["mel_ce"]
+    validation = series.validation[main]
     if best and best[0] in validation.step:
         i = validation.step.index(best[0])
         x = validation.step[i] if axis == "step" else validation.epoch[i]
@@ -165,8 +181,9 @@ def render_figure(series_by_run: dict[str, RunSeries], axis: str = "step") -> Fi
     # A fixed layout: "constrained" draws the figure twice, doubling the time of each update.
     fig.subplots_adjust(left=0.08, right=0.98, top=0.95, bottom=0.08 + 0.05 * rows_of_legend, hspace=0.28, wspace=0.2)
     grid = fig.subplots(2, 2, sharex=True)
-    axes = {"mel_ce": grid[0, 0], "text_ce": grid[0, 1], "lr": grid[1, 0], "grad_norm": grid[1, 1]}
-    titles = {**dict(LOSS_PANELS), "lr": "Learning rate", "grad_norm": "Gradient norm (before clipping)"}
+    panels = _panels(series_by_run)
+    axes = {panels[0][0]: grid[0, 0], panels[1][0]: grid[0, 1], "lr": grid[1, 0], "grad_norm": grid[1, 1]}
+    titles = {**dict(panels), "lr": "Learning rate", "grad_norm": "Gradient norm (before clipping)"}
     for key, ax in axes.items():
         ax.set_title(titles[key], fontsize=11, loc="left")
         ax.grid(True, alpha=0.3)
@@ -174,6 +191,7 @@ def render_figure(series_by_run: dict[str, RunSeries], axis: str = "step") -> Fi
     for ax in (axes["lr"], axes["grad_norm"]):
         ax.set_xlabel("optimizer step" if axis == "step" else "epoch", fontsize=10)
     axes["lr"].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.1e}"))
+    axes["panels"] = panels
     for i, (name, series) in enumerate(series_by_run.items()):
         _draw_run(axes, name, series, axis, COLORS[i % len(COLORS)])
     _legend(fig, list(series_by_run))

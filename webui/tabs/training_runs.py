@@ -4,7 +4,7 @@ Everything shown is read from the run folders (:func:`engine.runs.run_status`), 
 refresh or an app restart shows the same thing. The actions are three, kept apart as in
 nanoGPT's ``init_from``: **start** a new run from the form, **resume** a run (same run, its
 newest complete checkpoint, its own train.yaml), and **start a new run from a checkpoint's
-weights** (:func:`engine.config.branch_run`, optionally at a lower learning rate; after a
+weights** (:func:`engine.training.branch.branch_run`, optionally at a lower learning rate; after a
 loss spike, from the last good checkpoint at half the learning rate).
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from engine import paths, runs
-from engine.config import branch_run
 from engine.training import process
+from engine.training.branch import branch_run
 from webui.tabs import browser_text
 from webui.tabs.training_form import form_to_config
 
@@ -78,7 +78,7 @@ def start_run(form: dict, voice: str, run: str, base_model: str = "") -> tuple[P
 def branch_and_start(voice: str, run: str, new_run: str, checkpoint: str, learning_rate_factor: float) -> Path:
     """Start a new run ``new_run`` from ``checkpoint``'s weights of ``run`` (its settings, the
     learning rate times ``learning_rate_factor``); returns the new run folder. Raises what
-    :func:`engine.config.branch_run` and :func:`process.start_training` raise."""
+    :func:`engine.training.branch.branch_run` and :func:`process.start_training` raise."""
     new_run = paths.check_name(new_run or "", "new run name")
     yaml_path = branch_run(voice, run, new_run, checkpoint or "latest", float(learning_rate_factor))
     process.start_training(yaml_path)

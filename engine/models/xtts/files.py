@@ -19,8 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ from pathlib import Path
 import torch
 
 from engine import paths
+from engine.errors import TimbreError
+from engine.files import copy_atomic
 from engine.languages import CODES
 
 HUB_REPO = "coqui/XTTS-v2"
@@ -53,7 +53,7 @@ OUTPUT_SAMPLE_RATE = 24000
 CODE_STRIDE = 1024
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(TimbreError, RuntimeError):
     """The base-model folder is missing files or holds files that cannot be read."""
 
 
@@ -120,26 +120,11 @@ def download_base_model(
             log(f"{name}: already present")
             continue
         cached = hf_hub_download(repo_id=HUB_REPO, filename=name)
-        _copy_atomic(Path(cached), directory / name)
+        copy_atomic(Path(cached), directory / name)
         log(f"{name}: downloaded")
     if progress:
         progress(1.0, "done")
     return directory
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------------------------
-# Loading the pieces
 
 
 def load_xtts_config(directory: str | os.PathLike):

@@ -1,0 +1,139 @@
+"""F5-TTS behind the interface of :class:`engine.generate.Synthesizer`, so outputs, history,
+candidates and checkpoint scoring (engine.evaluation) work for both families unchanged.
+
+F5-TTS conditions on a reference recording *and its transcript*: :meth:`F5Synthesizer.conditioning`
+pairs each reference with its text from the voice's dataset (train.csv / validation.csv), and
+when the chosen references carry no transcript (plain recordings) it takes the voice's dataset
+clip nearest 8 s long instead, saying so in the log. The model and vocoder are loaded once per
+(folder, weights) and kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from engine import paths, runs
+from engine.models.f5.generate import F5GenerationError, synthesize
+
+#: The preferred length of a reference taken from the dataset (F5 uses up to 12 s).
+PREFERRED_REFERENCE_SECONDS = 8.0
+
+
+class F5Synthesizer:
+    """A loaded F5-TTS model that generates speech (engine.generate's Synthesizer interface).
+
+    Args:
+        base_model: an F5-TTS folder (engine.models.f5.files).
+        device: "cpu", "cuda" or None for CUDA when available.
+    """
+
+    family = "f5"
+
+    def __init__(self, base_model: str | Path, device: str | None = None):
+        self.base_model = Path(base_model)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = None  # no XTTS model: scoring skips XTTS's own speaker encoder
+        self.weights = None
+        self.loads = 0
+        self._state: dict[str, torch.Tensor] | None = None
+        self._identity: str | None = None
+
+    def load(self, weights, log: Callable[[str], None] = print):
+        """Use ``weights`` (engine.weights.ModelWeights): its folder and, for a run, the
+        checkpoint's weights (its EMA, ema.safetensors, when the checkpoint has one)."""
+        from safetensors.torch import load_file
+
+        identity = f"{weights.model_dir}|{weights.gpt}"
+        if identity != self._identity:
+            self._state = None
+            if weights.gpt is not None:
+                ema = Path(weights.gpt).parent / runs.EMA_FILE
+                source = ema if ema.is_file() else Path(weights.gpt)
+                self._state = load_file(str(source))
+                log(f"using the {'EMA ' if ema.is_file() else ''}weights of {weights.model} {weights.checkpoint or ''}")
+            self.loads += 1
+            self._identity = identity
+        self.weights = weights
+        self.model_dir = Path(weights.model_dir)
+        return None
+
+    def conditioning(self, references: list[Path], cache_dir: Path | None = None, log: Callable[[str], None] = print):
+        """``[(reference wav, its transcript)]`` for ``references`` (files of a voice). Raises
+        F5GenerationError when neither they nor the voice's dataset give a transcribed clip."""
+        texts = _dataset_texts(references)
+        pairs = [(Path(r), texts[_key(r)]) for r in references if _key(r) in texts]
+        if pairs:
+            return pairs
+        if not texts:
+            raise F5GenerationError(
+                "F5-TTS needs a reference clip with its transcript: prepare the voice's dataset (its clips carry "
+                "their text) or choose dataset clips as references"
+            )
+        clip = _nearest_clip(texts)
+        log(f"F5-TTS needs a transcribed reference: using the dataset clip {clip.name}")
+        return [(clip, texts[_key(clip)])]
+
+    def synthesize(self, text: str, references, settings, language: str) -> torch.Tensor:
+        """1-D float32 audio at 24 kHz (engine.models.f5.generate.synthesize with the settings'
+        nfe_step, cfg_strength, sway_sampling_coef, speed and seed)."""
+        audio, _rate = synthesize(
+            self.model_dir, self._state, references, text, nfe_step=settings.nfe_step,
+            cfg_strength=settings.cfg_strength, sway_sampling_coef=settings.sway_sampling_coef,
+            speed=settings.speed, seed=settings.seed, device=self.device, log=lambda line: None,
+        )  # fmt: skip
+        return torch.from_numpy(audio)
+
+    def stream(self, text: str, references, settings, language: str) -> Iterator[torch.Tensor]:
+        """F5-TTS fills in the whole utterance at once: one chunk."""
+        yield self.synthesize(text, references, settings, language)
+
+    def warm_up(self) -> float:
+        return 0.0
+
+    def unload(self) -> None:
+        self._state, self._identity, self.weights = None, None, None
+
+
+def _key(path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _voice_of(path: Path) -> str | None:
+    """The voice a reference file belongs to (voices/<voice>/… or datasets/<voice>/…)."""
+    try:
+        parts = Path(os.path.relpath(Path(path).resolve(), paths.home().resolve())).parts
+    except ValueError:
+        return None
+    return parts[1] if len(parts) > 2 and parts[0] in ("voices", "datasets") else None
+
+
+def _dataset_texts(references: list[Path]) -> dict[str, str]:
+    """{file key: transcript} of the dataset clips of the references' voice(s)."""
+    from engine.training.data import read_metadata
+
+    texts: dict[str, str] = {}
+    for voice in {v for v in map(_voice_of, references) if v}:
+        folder = paths.dataset_dir(voice)
+        for name in ("validation.csv", "train.csv"):
+            if (folder / name).is_file():
+                for clip in read_metadata(folder / name):
+                    texts.setdefault(_key(clip.audio_path), clip.text)
+    return texts
+
+
+def _nearest_clip(texts: dict[str, str]) -> Path:
+    """The clip whose length is nearest :data:`PREFERRED_REFERENCE_SECONDS` (ties: name order)."""
+    import soundfile
+
+    def distance(key: str) -> tuple[float, str]:
+        try:
+            seconds = soundfile.info(key).duration
+        except RuntimeError:
+            seconds = 0.0
+        return abs(seconds - PREFERRED_REFERENCE_SECONDS), key
+
+    return Path(min(texts, key=distance))
