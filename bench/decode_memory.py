@@ -1,4 +1,4 @@
-"""Peak memory of decoding a long recording: ``engine.audio.load_audio`` on hours of 44.1 kHz stereo.
+"""Peak memory of decoding a long recording: ``engine.speech.audio.load_audio`` on hours of 44.1 kHz stereo.
 
 ``python -m bench.decode_memory [--minutes M] [--rate HZ] [--dir DIR] [--keep]``
 (run from the repository root with the project's Python; Linux: it reads ``/proc``)
@@ -15,7 +15,7 @@ It writes a synthetic 16-bit 44.1 kHz stereo WAV of ``--minutes`` (default 120: 
   parent's high-water mark into a child's ``ru_maxrss`` across ``exec``, so that would report the
   parent's size;
 - seconds taken and the speed in multiples of real time, the figure
-  ``engine.audio.TIMEOUT_PER_SECOND`` is sized against.
+  ``engine.speech.audio.TIMEOUT_PER_SECOND`` is sized against.
 
 The signal: a harmonic "voice" (150 Hz fundamental and 12 harmonics, amplitude-modulated at a
 syllable rate of 4 Hz) in the left channel, the same voice a little delayed plus noise in the
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from engine import audio
+from engine.speech import audio
 
 SOURCE_RATE = 44_100
 BLOCK_SECONDS = 1
@@ -51,8 +51,8 @@ def peak_rss(pid: int | str = "self") -> int:
 
 
 def decoder_pids() -> list[int]:
-    """Process ids of this process's running ``engine.audio_worker`` children."""
-    return [p.pid for p in psutil.Process().children() if "engine.audio_worker" in " ".join(p.cmdline())]
+    """Process ids of this process's running ``engine.speech.audio_worker`` children."""
+    return [p.pid for p in psutil.Process().children() if "engine.speech.audio_worker" in " ".join(p.cmdline())]
 
 
 def write_long_wav(path: Path, minutes: float) -> int:

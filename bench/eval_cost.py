@@ -78,8 +78,9 @@ def score_real_speech(home: Path, whisper: str, device: str) -> dict:
     """Seconds per sentence of :meth:`Scorer.score` on the dataset's own espeak-ng clips, with
     their texts: a random model's output is noise, which the VAD rejects before Whisper runs,
     so its scoring time understates what real speech costs."""
-    from engine import audio, dataset
-    from engine.scoring import Scorer
+    from engine.dataset import prepare as dataset
+    from engine.speech import audio
+    from engine.speech.scoring import Scorer
 
     os.environ["TIMBRE_HOME"] = str(home)
     scorer = Scorer(VOICE, "en", "faster-whisper", whisper, device="cpu" if device == "cpu" else "auto")
@@ -101,7 +102,8 @@ def score_real_speech(home: Path, whisper: str, device: str) -> dict:
 
 
 def measure(args) -> dict:
-    from engine import evaluation, paths, runs
+    from engine import paths, runs
+    from engine.training import evaluation
 
     home = Path(tempfile.mkdtemp(prefix="timbre-eval-bench-"))
     env = dict(os.environ, TIMBRE_HOME=str(home), PYTHONUNBUFFERED="1")

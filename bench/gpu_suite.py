@@ -23,7 +23,7 @@ Sections, each measured on the same random model with the XTTS-v2 file layout
    ``Synthesizer.stream`` (ours), against coqui's own ``Xtts.inference`` and
    ``Xtts.inference_stream`` on the same weights, text, latents and seed.
 4. **transcription**: ``--minutes`` of espeak-ng speech (the dataset's clips repeated)
-   transcribed by faster-whisper (batched, float16 on a GPU) through ``engine.transcribe``, and by
+   transcribed by faster-whisper (batched, float16 on a GPU) through ``engine.speech.transcribe``, and by
    openai-whisper on the GPU when ``--openai-whisper-model`` names a local checkpoint; RTF and
    the seconds one hour would take.
 
@@ -177,8 +177,8 @@ def memory(args, workdir: Path) -> dict:
 def generation(args, workdir: Path) -> dict:
     import torch
 
-    from engine import conditioning
-    from engine.generate import GenerationSettings, Synthesizer
+    from engine.generate import conditioning
+    from engine.generate.synthesis import GenerationSettings, Synthesizer
 
     home = Path(os.environ["TIMBRE_HOME"])
     synth = Synthesizer(workdir / "model", device=args.device)
@@ -235,7 +235,7 @@ def generation(args, workdir: Path) -> dict:
 def transcription(args, workdir: Path) -> dict:
     import numpy as np
 
-    from engine import audio, transcribe
+    from engine.speech import audio, transcribe
 
     home = Path(os.environ["TIMBRE_HOME"])
     clips = [audio.load_audio(p, 16_000).numpy() for p in sorted((home / "datasets" / VOICE / "wavs").glob("*.wav"))]

@@ -9,11 +9,11 @@ It writes a voice of real speech with espeak-ng into a temporary ``TIMBRE_HOME``
 0.3–0.8 s apart, with 2.5–4 s of silence after about one sentence in five and a noise floor at
 about -60 dBFS. Then, on the same machine, with the same model on the CPU (int8), one run each:
 
-a. **prepare** — ``engine.dataset.prepare_dataset(voice, whisper_model=MODEL, language=…,
+a. **prepare** — ``engine.dataset.prepare.prepare_dataset(voice, whisper_model=MODEL, language=…,
    device="cpu")`` from scratch: decoding, Silero VAD, the first pass (beam 5, temperature 0,
    word timestamps, ``BatchedInferencePipeline``), cutting, the verification pass (every clip
    again on its own, batched, CER against its text), speaker embeddings when
-   ``engine.speaker`` exists, writing the clips and csv files. Model loading included;
+   ``engine.speech.speaker`` exists, writing the clips and csv files. Model loading included;
 b. **plain** — ``WhisperModel(MODEL, device="cpu", compute_type="int8").transcribe(audio)`` with
    faster-whisper's defaults (beam 5, temperature fallback, no VAD, no word timestamps) on every
    recording, the segments listed to force decoding. The audio is decoded beforehand with
@@ -256,7 +256,8 @@ class StageClock:
 
 def prepare_stages() -> StageClock:
     """The steps of ``prepare_dataset`` worth timing, by the engine attribute it calls."""
-    from engine import dataset, transcribe
+    from engine.dataset import prepare as dataset
+    from engine.speech import transcribe
 
     return StageClock([
         (dataset, "load_audio", "decoding (worker process)"),
@@ -275,7 +276,7 @@ def prepare_stages() -> StageClock:
 
 def measure_prepare(model: str, language: str, clock: StageClock | None = None) -> dict:
     """One ``prepare_dataset`` run (CPU); its figures and report.json's."""
-    from engine import dataset
+    from engine.dataset import prepare as dataset
 
     figures: dict = {}
     with clock.patched() if clock else _nothing(), timed(figures):
@@ -303,7 +304,8 @@ def whisper_windows() -> dict:
     """How many windows each pass of the prepare run decoded (every window is one 30 s encoder
     input, however short): first-pass windows from the VAD regions kept in transcription.json,
     and one verification window per checked clip."""
-    from engine import paths, transcribe
+    from engine import paths
+    from engine.speech import transcribe
 
     data = json.loads((paths.dataset_dir(VOICE) / "transcription.json").read_text(encoding="utf-8"))
     first = verified = 0
@@ -459,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         durations = write_recordings(voice_dir, args.minutes, args.seed)
         import faster_whisper  # noqa: F401  imported before any timing, as the engine's modules
 
-        from engine import dataset  # noqa: F401
+        from engine.dataset import prepare as dataset  # noqa: F401
 
         report = {
             "command": shlex.join(["python", "-m", "bench.prepare_throughput", *argv]),

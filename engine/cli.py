@@ -40,12 +40,12 @@ def _gpus(text: str) -> int | list[int]:
 
 class _GenerationHelpFormatter(argparse.HelpFormatter):
     """Shows ``generate``'s sampling options with GenerationSettings' own help texts
-    (``engine.generate.GENERATION_HELP``), read only when help is printed: engine.generate
+    (``engine.generate.synthesis.GENERATION_HELP``), read only when help is printed: engine.generate.synthesis
     loads torch, which the other commands (``evaluate --follow`` renices first) must not pay."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.dest in GENERATION_OPTIONS:
-            from engine.generate import GENERATION_HELP
+            from engine.generate.synthesis import GENERATION_HELP
 
             return GENERATION_HELP[action.dest].replace("%", "%%")
         return super()._get_help_string(action)
@@ -213,7 +213,7 @@ def _yield_cpu() -> str:
 
 def _wait_for_cpu_trainer(voice: str, run: str, pid: int) -> None:
     """The background evaluator of a run trained on the CPU starts scoring once its trainer has
-    ended (engine.evaluation says why); it waits here, before importing torch, so that even
+    ended (engine.training.evaluation says why); it waits here, before importing torch, so that even
     its imports leave the cores to the trainer."""
     import time
 
@@ -251,7 +251,7 @@ def _run(args) -> int:
         print(f"wrote a {size} random {family.title}-layout model to {folder}")
         return 0
     if args.command == "prepare":
-        from engine.dataset import prepare_command
+        from engine.dataset.prepare import prepare_command
 
         return prepare_command(
             args.voice, backend=args.backend, whisper_model=args.whisper_model,
@@ -276,12 +276,12 @@ def _run(args) -> int:
         print(f"wrote {path}")
         return 0
     if args.command == "export":
-        from engine.export import export_model
+        from engine.generate.export import export_model
 
         print(export_model(args.voice, args.run, checkpoint=args.checkpoint, out=args.out))
         return 0
     if args.command == "import":
-        from engine.export import import_model
+        from engine.generate.export import import_model
 
         print(import_model(args.zip, args.name))
         return 0
@@ -322,7 +322,7 @@ def _run(args) -> int:
         if args.follow is not None:
             _yield_cpu()  # before the heavy imports, which would slow the trainer too
             _wait_for_cpu_trainer(args.voice, args.run, args.follow)
-        from engine import evaluation
+        from engine.training import evaluation
 
         if args.follow is not None:
             return evaluation.follow(args.voice, args.run, args.follow, args.whisper_model, args.backend)
@@ -333,8 +333,9 @@ def _run(args) -> int:
         print(json.dumps(summary, indent=1, ensure_ascii=False))
         return 0
     if args.command == "score":
-        from engine import audio, languages
-        from engine.scoring import Scorer
+        from engine import languages
+        from engine.speech import audio
+        from engine.speech.scoring import Scorer
 
         language = args.language or languages.default_language(args.voice)
         scorer = Scorer(args.voice, language, args.backend, args.whisper_model, args.device,
@@ -350,7 +351,7 @@ def _run(args) -> int:
 def _generate(args) -> int:
     """``generate``: the settings from their options (a bad value is named by its option), then one
     output (``--out`` allowed) or ``--candidates N`` outputs; prints each path."""
-    from engine.generate import (
+    from engine.generate.synthesis import (
         GenerationError,
         GenerationSettings,
         default_language,

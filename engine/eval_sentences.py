@@ -1,7 +1,7 @@
 """Held-out sentences that a training run's checkpoints are scored on.
 
 Each checkpoint speaks these sentences; Whisper transcribes the speech and the word and
-character error rates against the sentence (:mod:`engine.scoring`) tell how intelligible the
+character error rates against the sentence (:mod:`engine.speech.scoring`) tell how intelligible the
 voice still is. The sentences must be new to the model, so none may come from the voice's own
 training text.
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.scoring import normalise
+from engine.speech.scoring import normalise
 
 #: How many sentences a run is scored on by default.
 DEFAULT_COUNT = 8
@@ -299,7 +299,7 @@ def default_sentences(language: str, exclude: Iterable[str] = (), count: int = D
     :data:`SENTENCES` [``language``] that are not in the training text.
 
     A sentence is in the training text when, normalised as the scores compare texts
-    (:func:`engine.scoring.normalise`: case, punctuation and, for English, spelling and numbers
+    (:func:`engine.speech.scoring.normalise`: case, punctuation and, for English, spelling and numbers
     do not matter), it equals a normalised text of ``exclude`` or is contained in one (a clip
     that reads the sentence among others).
 

@@ -1,6 +1,6 @@
 """Reading a run folder: checkpoints, metrics, status, logs (docs/run-folder.md is the contract).
 
-Used by the web UI (status, plots, logs), by ``engine.generate`` (which checkpoint to load)
+Used by the web UI (status, plots, logs), by ``engine.generate.synthesis`` (which checkpoint to load)
 and by the trainer's resume (the newest *complete* checkpoint). Nothing here writes to a run
 folder except :func:`write_status`, the one atomic writer of ``status.json`` that both the
 trainer and ``engine.training.process`` may use.
@@ -48,7 +48,7 @@ EMA_FILE = "ema.safetensors"
 
 EVAL_DIR = "eval"
 EVAL_SUMMARY = "summary.json"
-#: The checkpoint name that means the best scored one (``eval/summary.json``, engine.evaluation).
+#: The checkpoint name that means the best scored one (``eval/summary.json``, engine.training.evaluation).
 BEST = "best"
 STATES = ("new", "running", "stopped", "finished", "failed")
 ENDED_WITHOUT_REPORT = "the training process ended without reporting (killed?)"
@@ -112,7 +112,7 @@ def latest_complete_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | N
 
 def best_checkpoint_name(run_dir: str | os.PathLike) -> str | None:
     """The ``step-NNNNNNN`` that checkpoint evaluation chose as the run's best
-    (``eval/summary.json``, :func:`engine.evaluation.choose_best`), or None when none is chosen."""
+    (``eval/summary.json``, :func:`engine.training.evaluation.choose_best`), or None when none is chosen."""
     summary = _read_json(Path(run_dir) / EVAL_DIR / EVAL_SUMMARY) or {}
     best = summary.get("best")
     name = best.get("name") if isinstance(best, dict) else None

@@ -30,10 +30,10 @@ KNOWN_DEFERRED_CYCLES: list[list[str]] = [
     # pruning spares what evaluation protects (checkpoint.prune_checkpoints ->
     # evaluation.protected_steps); the evaluator prunes at its end (evaluation.follow ->
     # checkpoint.prune_checkpoints). Fix: the eval folder's readers below both.
-    ["engine.evaluation", "engine.training.checkpoint"],
+    ["engine.training.checkpoint", "engine.training.evaluation"],
     # whisper_runtime was split out of transcribe and calls back for resolve_model and the model
     # loader. Fix: model resolution and loading in whisper_runtime.
-    ["engine.transcribe", "engine.whisper_runtime"],
+    ["engine.speech.transcribe", "engine.speech.whisper_runtime"],
 ]
 
 
@@ -222,7 +222,7 @@ def test_configuration_reaches_no_run_folder_code():
             if other not in seen:
                 seen.add(other)
                 todo.append(other)
-    above = {"engine.runs", "engine.training.branch", "engine.training.process", "engine.evaluation"}
+    above = {"engine.runs", "engine.training.branch", "engine.training.process", "engine.training.evaluation"}
     assert not seen & above, f"engine.config reaches {sorted(seen & above)}"
 
 

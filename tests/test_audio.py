@@ -1,4 +1,4 @@
-"""engine.audio: decoding every supported format in a worker process (crash, hang, stereo, length),
+"""engine.speech.audio: decoding every supported format in a worker process (crash, hang, stereo, length),
 validation errors, loudness, WAV writing."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import audio
-from engine.audio import (
+from engine.speech import audio
+from engine.speech.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
     audio_duration,
@@ -141,13 +141,13 @@ def test_level_helpers():
 
 
 def _decoder_processes() -> list:
-    """This test process's running ``engine.audio_worker`` children."""
+    """This test process's running ``engine.speech.audio_worker`` children."""
     import psutil
 
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "engine.audio_worker" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+            if "engine.speech.audio_worker" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                 found.append(child)
         except psutil.NoSuchProcess:
             pass

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from browser import ARTIFACTS, expect, launch_app, no_gradio_error, shot, textbox
 
-from engine import audio
-from engine.dataset import prepare_dataset
+from engine.dataset.prepare import prepare_dataset
+from engine.speech import audio
 
 VOICE = "ada"
 

@@ -1,4 +1,4 @@
-"""engine.dataset and engine.clips: recordings → clips, csv files and report, on real speech."""
+"""engine.dataset.prepare and engine.dataset.clips: recordings → clips, csv files and report, on real speech."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import dataset, dataset_edit, transcribe
-from engine.clips import MAX_CLIP_SECONDS, MIN_CLIP_SECONDS, plan_clips
-from engine.dataset import DatasetError, load_clips, prepare_command, prepare_dataset
+from engine.dataset import edit as dataset_edit
+from engine.dataset import prepare as dataset
+from engine.dataset.clips import MAX_CLIP_SECONDS, MIN_CLIP_SECONDS, plan_clips
+from engine.dataset.prepare import DatasetError, load_clips, prepare_command, prepare_dataset
 from engine.paths import InvalidNameError
-from engine.transcribe import Segment, Word
+from engine.speech import transcribe
+from engine.speech.transcribe import Segment, Word
 
 VOICE = "speaker"
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from engine import dataset, dataset_edit, dataset_quality, transcribe
 from engine.config import new_run_config
-from engine.dataset import DatasetError, prepare_dataset
-from engine.transcribe import Segment, TranscriptionError, Word
+from engine.dataset import edit as dataset_edit
+from engine.dataset import prepare as dataset
+from engine.dataset import quality as dataset_quality
+from engine.dataset.prepare import DatasetError, prepare_dataset
+from engine.speech import transcribe
+from engine.speech.transcribe import Segment, TranscriptionError, Word
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""engine.dataset_edit and engine.dataset_quality: manual edits that survive prepare, atomic
+"""engine.dataset.edit and engine.dataset.quality: manual edits that survive prepare, atomic
 saves, re-transcription of one clip, and the quality report."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import audio, dataset_edit, dataset_quality, transcribe
-from engine.dataset import DatasetError, prepare_dataset
-from engine.dataset_edit import DatasetEditError
+from engine.dataset import edit as dataset_edit
+from engine.dataset import quality as dataset_quality
+from engine.dataset.edit import DatasetEditError
+from engine.dataset.prepare import DatasetError, prepare_dataset
 from engine.paths import InvalidNameError
-from engine.transcribe import Segment, Word
+from engine.speech import audio, transcribe
+from engine.speech.transcribe import Segment, Word
 
 VOICE = "speaker"
 
@@ -383,8 +385,8 @@ def test_quality_report_measures_clips_of_an_older_report(home):
 
 
 def test_engine_edit_and_quality_modules_never_import_gradio():
-    """engine.dataset_edit and engine.dataset_quality never import gradio (house rule 1)."""
-    code = "import sys, engine.dataset_edit, engine.dataset_quality; print('gradio' in sys.modules)"
+    """engine.dataset.edit and engine.dataset.quality never import gradio (house rule 1)."""
+    code = "import sys, engine.dataset.edit, engine.dataset.quality; print('gradio' in sys.modules)"
     out = subprocess.run([".venv/bin/python", "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
     assert out.stdout.strip() == "False"

@@ -10,7 +10,7 @@ import pytest
 
 from engine import eval_sentences, languages
 from engine.eval_sentences import DEFAULT_COUNT, SENTENCES, check_sentences, default_sentences
-from engine.scoring import normalise
+from engine.speech.scoring import normalise
 
 QUESTION_MARKS = ("?", "？", "؟")
 #: A word of each script that is not Latin must show in every sentence of that language.

@@ -1,4 +1,4 @@
-"""Checkpoint scoring (engine/scoring.py's Scorer, engine/evaluation.py): the scorer on real
+"""Checkpoint scoring (engine/speech/scoring.py's Scorer, engine/training/evaluation.py): the scorer on real
 espeak-ng speech with the real tiny.en Whisper, the best-checkpoint rule, pruning that spares
 what evaluation needs, and the whole flow with the tiny XTTS model: a run saving 3 checkpoints,
 all scored by the background evaluator, a summary with baseline and best, and generation
@@ -18,8 +18,10 @@ import pytest
 from generate_helpers import copy_home
 from helpers import ROOT, finish, make_run, train_subprocess
 
-from engine import audio, evaluation, runs
+from engine import runs
 from engine.config import ConfigError, TrainConfig, new_run_config
+from engine.speech import audio
+from engine.training import evaluation
 
 SAME_TEXTS = [
     "The cat sat on the warm mat by the door.",
@@ -57,7 +59,7 @@ def ria(tmp_path_factory, espeak_wav):
 
 @pytest.fixture(scope="module")
 def scorer(ria, faster_whisper_model_path):
-    from engine.scoring import Scorer
+    from engine.speech.scoring import Scorer
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TIMBRE_HOME", str(ria))
@@ -218,7 +220,7 @@ def test_every_checkpoint_scored_then_best_generates(own_home, tiny_model, faste
     trainer starts waits for it to end (the CPU is the trainer's), then scores the base model
     and all three; the summary names the best by the rule, pruning afterwards to 1 checkpoint
     keeps the best, and the best generates."""
-    from engine.generate import generate_speech
+    from engine.generate.synthesis import generate_speech
 
     config = make_run(
         "scored", tiny_model, epochs=3, keep_checkpoints=3, evaluate=True, eval_whisper_model=faster_whisper_model_path,
@@ -259,7 +261,7 @@ def test_every_checkpoint_scored_then_best_generates(own_home, tiny_model, faste
     assert summary["best"]["name"] in left and saved[-1] in left and len(left) <= 2, left
     wav = generate_speech("anna", "Hi.", run="scored", checkpoint="best", base_model=tiny_model)
     assert json.loads(wav.with_suffix(".json").read_text())["checkpoint"] == summary["best"]["name"]
-    from engine.export import export_model
+    from engine.generate.export import export_model
 
     with zipfile.ZipFile(export_model("anna", "scored", checkpoint="best", base_model=tiny_model)) as archive:
         card = archive.read("MODEL_CARD.md").decode()

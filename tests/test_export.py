@@ -1,4 +1,4 @@
-"""engine.export: a fine-tune packed into a zip that coqui-tts loads exactly as a user would,
+"""engine.generate.export: a fine-tune packed into a zip that coqui-tts loads exactly as a user would,
 and that zip imported back as a model the Generate tab can select."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import torch
 from generate_helpers import copy_home, fake_run, perturbed_gpt
 from safetensors.torch import load_file
 
-from engine import conditioning, export, generate, models, paths
-from engine.generate import GenerationSettings, Synthesizer
+from engine import models, paths
+from engine.generate import conditioning, export
+from engine.generate import synthesis as generate
+from engine.generate.synthesis import GenerationSettings, Synthesizer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""engine.generate and engine.conditioning with the tiny random model on CPU: references,
+"""engine.generate.synthesis and engine.generate.conditioning with the tiny random model on CPU: references,
 cached conditioning latents, switching weights without reloading, candidates, streaming,
 the output history and re-using a past output's settings."""
 
@@ -12,9 +12,11 @@ import pytest
 import torch
 from generate_helpers import copy_home, fake_run, perturbed_gpt, tiny_gpt_state
 
-from engine import audio as audio_io
-from engine import conditioning, generate, models, paths
-from engine.generate import GenerationError, GenerationSettings, Synthesizer
+from engine import models, paths
+from engine.generate import conditioning
+from engine.generate import synthesis as generate
+from engine.generate.synthesis import GenerationError, GenerationSettings, Synthesizer
+from engine.speech import audio as audio_io
 
 SHORT = 0.5  # seconds of speech per sentence: keeps the HiFi-GAN decoder's CPU time small
 

@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from engine import cli, generate, languages, paths
+from engine import cli, languages, paths
 from engine.config import ConfigError, TrainConfig, new_run_config
+from engine.generate import synthesis as generate
 
 
 def write_report(voice: str, language) -> None:

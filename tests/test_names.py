@@ -9,9 +9,9 @@ import pytest
 
 from engine import paths, runs
 from engine.config import ConfigError, TrainConfig
-from engine.dataset import prepare_dataset
-from engine.export import export_model
-from engine.generate import generate_speech
+from engine.dataset.prepare import prepare_dataset
+from engine.generate.export import export_model
+from engine.generate.synthesis import generate_speech
 from engine.training import process
 from webui.tabs import dataset as dataset_tab
 from webui.tabs import training_plots as tplots

@@ -322,7 +322,7 @@ def test_write_status_is_atomic_and_validated(home):
         ("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB", "memory"),
         ("engine.models.BaseModelError: XTTS-v2 base model missing in /m: dvae.pth", "base-model"),
         ("FileNotFoundError: [Errno 2] No such file or directory: '/m/model.pth'", "base-model"),
-        ("engine.dataset.DatasetError: no usable clips", "dataset"),
+        ("engine.dataset.prepare.DatasetError: no usable clips", "dataset"),
         ("dataset check failed: 3 clips longer than max_audio_seconds", "dataset"),
         ("loss diverged at step 120 (nan)", "diverged"),
         ("non-finite loss at step 7", "diverged"),

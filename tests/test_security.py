@@ -23,8 +23,8 @@ from gradio.utils import get_upload_folder
 
 from engine import paths
 from engine.config import TrainConfig
-from engine.export import import_model
-from engine.generate import generate_speech
+from engine.generate.export import import_model
+from engine.generate.synthesis import generate_speech
 from engine.settings import load_settings, save_settings
 from engine.training import checkpoint as ckpt
 from engine.training import process

@@ -1,4 +1,4 @@
-"""engine.speaker: Resemblyzer embeddings of real (espeak-ng) speech, the voice's reference, outliers."""
+"""engine.speech.speaker: Resemblyzer embeddings of real (espeak-ng) speech, the voice's reference, outliers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import speaker
-from engine.audio import load_audio
+from engine.speech import speaker
+from engine.speech.audio import load_audio
 
 SENTENCES = [
     "Today is a beautiful day and we went to the market to buy some fruit.",
@@ -125,7 +125,7 @@ def test_encoder_is_cached_until_unloaded():
 
 def test_importing_and_loading_raise_no_deprecation_warning():
     # scipy.ndimage.morphology warns under scipy 1.17; the module silences that one warning only.
-    code = "from engine import speaker; speaker.load_encoder()"
+    code = "from engine.speech import speaker; speaker.load_encoder()"
     result = subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", code], cwd=ROOT, capture_output=True, text=True
     )

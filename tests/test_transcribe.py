@@ -1,4 +1,4 @@
-"""engine.transcribe: both Whisper backends on real speech, errors, the transcript cache."""
+"""engine.speech.transcribe: both Whisper backends on real speech, errors, the transcript cache."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from engine import transcribe
-from engine.audio import load_audio
-from engine.transcribe import Segment, TranscriptCache, TranscriptionError, Word
+from engine.speech import transcribe
+from engine.speech.audio import load_audio
+from engine.speech.transcribe import Segment, TranscriptCache, TranscriptionError, Word
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_runtime_falls_back_to_openai_whisper_on_the_gpu(monkeypatch):
     import ctranslate2
     import torch
 
-    from engine import transcribe
+    from engine.speech import transcribe
 
     def no_cuda_libraries(model, device):
         raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
@@ -128,7 +128,7 @@ def test_runtime_falls_back_to_openai_whisper_on_the_gpu(monkeypatch):
 
 
 def test_runtime_without_a_gpu_is_the_cpu():
-    from engine import transcribe
+    from engine.speech import transcribe
 
     transcribe.runtime.cache_clear()
     assert transcribe.runtime("faster-whisper", "small")[:2] == ("faster-whisper", "cpu")

@@ -13,10 +13,10 @@ import gradio as gr
 import pytest
 import yaml
 
-from engine import dataset as engine_dataset
-from engine import generate as engine_generate
 from engine import paths, runs
 from engine.config import ConfigError, TrainConfig
+from engine.dataset import prepare as engine_dataset
+from engine.generate import synthesis as engine_generate
 from webui.app import build_app, parse_args
 from webui.tabs import (
     AppSettings,
@@ -50,7 +50,7 @@ def default_form() -> dict:
 
 def write_dataset(voice: str, clips: int = 3) -> Path:
     """datasets/<voice>/ with tiny placeholder clips (not audio), csv files and a report, as
-    engine.dataset writes them: the last clip is for validation."""
+    engine.dataset.prepare writes them: the last clip is for validation."""
     folder = paths.dataset_dir(voice)
     (folder / "wavs").mkdir(parents=True)
     rows, per_clip = [], []

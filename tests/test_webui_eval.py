@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import evaluation, paths, runs
-from engine import generate as engine_generate
+from engine import paths, runs
 from engine.config import ConfigError, TrainConfig
 from engine.eval_sentences import SENTENCES
+from engine.generate import synthesis as engine_generate
+from engine.training import evaluation
 from webui.app import build_app
 from webui.tabs import TabContext
 from webui.tabs import generate as generate_tab
@@ -119,7 +120,7 @@ def test_table_text_and_curves_of_a_scored_run(timbre_home):
 
 
 def test_summary_of_the_engine_reads_the_same(timbre_home):
-    """summary.json as engine.evaluation writes it (from the scores.json files) is shown alike."""
+    """summary.json as engine.training.evaluation writes it (from the scores.json files) is shown alike."""
     run_dir = scored_run()
     summary = evaluation.update_summary(run_dir)
     assert summary["best"]["name"] == "step-0000004"

@@ -21,7 +21,8 @@ from pathlib import Path
 from gradio.utils import get_upload_folder
 from starlette.responses import PlainTextResponse
 
-from engine import audio, paths
+from engine import paths
+from engine.speech import audio
 
 #: The routes that serve a file named in the URL (``gradio.routes``; under ``/gradio_api``).
 FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")

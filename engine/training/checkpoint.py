@@ -217,11 +217,11 @@ RETENTION_FILE = "retention.json"
 def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] = frozenset()) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints, sparing steps in ``protect``
     (the best by validation, the last good before a spike) and those checkpoint evaluation
-    needs (:func:`engine.evaluation.protected_steps`: the best scored one, and those the live
+    needs (:func:`engine.training.evaluation.protected_steps`: the best scored one, and those the live
     evaluator has not scored yet). Incomplete folders are left alone. ``keep`` and
     ``protect`` are recorded in ``checkpoints/retention.json`` for the evaluator's own final
     pruning (:func:`read_retention`). Returns the removed paths."""
-    from engine import evaluation
+    from engine.training import evaluation
 
     base = Path(run_dir) / runs.CHECKPOINTS
     if base.is_dir():

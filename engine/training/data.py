@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from engine import audio as audio_io
 from engine import models
 from engine.errors import TimbreError
 from engine.files import write_bytes_atomic
+from engine.speech import audio as audio_io
 
 # Conditioning slice lengths of coqui's XTTS-v2 recipe (min/max_conditioning_length = 66150 /
 # 132300 samples = 3 / 6 s at 22.05 kHz), in mel frames of hop 256.

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from engine import evaluation, models, runs
+from engine import models, runs
 from engine.config import TrainConfig
 from engine.errors import TimbreError
 from engine.models.family import ModelFamily, Trainee
 from engine.training import checkpoint as ckpt
-from engine.training import data, memory, performance, precision, runtime
+from engine.training import data, evaluation, memory, performance, precision, runtime
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -27,8 +27,8 @@ def _store() -> Path:
 
 def key(gpu_name: str, model_dir: str | Path, precision: str, optimizer: str, checkpointing: bool) -> str:
     """The record's key: the GPU's name, a hash of the model's architecture
-    (:func:`engine.weights.architecture`, so any fine-tune of one base model shares it) and the settings."""
-    from engine.weights import architecture
+    (:func:`engine.generate.weights.architecture`, so any fine-tune of one base model shares it) and the settings."""
+    from engine.generate.weights import architecture
 
     try:
         shape = json.dumps(architecture(Path(model_dir)), sort_keys=True)

@@ -65,7 +65,7 @@ class TabContext:
 
     def release_models(self) -> None:
         """Drop the loaded TTS and Whisper models (before training takes the memory)."""
-        from engine import transcribe
+        from engine.speech import transcribe
 
         self.synthesizer = None
         self.scorer = None

@@ -3,7 +3,7 @@ then review the clips.
 
 Recordings are copied into ``voices/<voice>/`` under safe names (an existing file is never
 overwritten: identical content is skipped, different content gets a ``-2`` suffix).
-Transcribe runs :func:`engine.dataset.prepare_dataset`; the summary and the skipped list are
+Transcribe runs :func:`engine.dataset.prepare.prepare_dataset`; the summary and the skipped list are
 read back from ``datasets/<voice>/report.json``. The clips table and editing panel are
 :mod:`webui.tabs.dataset_editor`'s, the quality report :mod:`webui.tabs.dataset_report`'s;
 :func:`tab_values` gives all of them at once, so every change refreshes the whole tab.
@@ -20,8 +20,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from engine import audio, dataset, dataset_edit, dataset_quality, languages, paths, transcribe
+from engine import languages, paths
+from engine.dataset import edit as dataset_edit
+from engine.dataset import prepare as dataset
+from engine.dataset import quality as dataset_quality
 from engine.files import write_bytes_atomic
+from engine.speech import audio, transcribe
 from webui.tabs import (
     FormError,
     LogLines,
@@ -157,7 +161,7 @@ def read_report(voice: str) -> dict:
 
 
 def read_quality(voice: str | None) -> dict | None:
-    """The voice's quality report (:func:`engine.dataset_quality.quality_report`) after
+    """The voice's quality report (:func:`engine.dataset.quality.quality_report`) after
     bringing csv files left behind by an interrupted save up to date; for a dataset made
     outside Timbre (csv files, no report.json) its csv rows, marked ``"editable": False``;
     None without a dataset. Raises DatasetEditError for an unreadable report.json or edits.json."""
@@ -244,7 +248,7 @@ def skipped_table(voice: str | None) -> pd.DataFrame:
 
 def transcription_settings(voice: str | None, settings) -> tuple[str, str, str]:
     """``(backend, whisper model, language)`` for the form: the voice's last used settings
-    (:func:`engine.dataset.voice_settings`), else the app's Settings and auto-detection."""
+    (:func:`engine.dataset.prepare.voice_settings`), else the app's Settings and auto-detection."""
     saved = dataset.voice_settings(voice) if voice else {}
     backend = saved.get("backend") or settings.whisper_backend
     model = saved["whisper_model"] if "whisper_model" in saved else settings.whisper_model
@@ -280,7 +284,7 @@ def clip_path(voice: str, audio_file: str) -> str:
 
 
 def run_transcription(form: dict, progress=None, log=print) -> dataset.DatasetReport:
-    """Call :func:`engine.dataset.prepare_dataset` with the form's values."""
+    """Call :func:`engine.dataset.prepare.prepare_dataset` with the form's values."""
     if not form.get("voice"):
         raise FormError("choose or create a voice first")
     language = form.get("language") or "auto"

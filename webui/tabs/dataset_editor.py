@@ -2,8 +2,8 @@
 flags, and a panel to listen to the selected clip, correct its transcript, exclude or restore
 it, or re-transcribe it alone.
 
-The changes are :mod:`engine.dataset_edit`'s (kept in ``datasets/<voice>/edits.json``, so a
-later Transcribe keeps them); the flags are :func:`engine.dataset_quality.quality_report`'s.
+The changes are :mod:`engine.dataset.edit`'s (kept in ``datasets/<voice>/edits.json``, so a
+later Transcribe keeps them); the flags are :func:`engine.dataset.quality.quality_report`'s.
 :mod:`webui.tabs.dataset` lays the components out and refreshes the whole tab after a change.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from engine import dataset_edit
+from engine.dataset import edit as dataset_edit
 from webui.tabs import FormError, engine_errors, named, page_file
 
 CLIP_COLUMNS = ["clip", "split", "sec", "dBFS", "text", "flags"]

@@ -1,7 +1,7 @@
 """The Dataset tab's quality report: a histogram of clip lengths and what is worth a listen
 (clipping, loudness outliers, silence at the edges, words Whisper was unsure of).
 
-The figures are :func:`engine.dataset_quality.quality_report`'s; this module only draws them
+The figures are :func:`engine.dataset.quality.quality_report`'s; this module only draws them
 (a matplotlib figure for ``gr.Plot``, drawn without pyplot's global state) and words them.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import dataset_quality as quality_module
+from engine.dataset import quality as quality_module
 
 NO_REPORT = "The quality report appears once the voice has a dataset."
 CATEGORY_TEXT = {

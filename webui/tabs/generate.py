@@ -5,7 +5,7 @@ Three modules: :mod:`generate_form` (choices, form ⇄ settings, engine calls),
 :mod:`generate_history` (past outputs: play, inspect, generate again) and
 :mod:`generate_export` (export a fine-tune as a coqui-loadable zip, import one). This one lays
 out the form and the players and wires generation. The app keeps one
-:class:`engine.generate.Synthesizer` (``ctx.synthesizer``): the model loads once, switching
+:class:`engine.generate.synthesis.Synthesizer` (``ctx.synthesizer``): the model loads once, switching
 models reloads only GPT weights, and conditioning latents are cached.
 """
 
@@ -18,7 +18,8 @@ import wave
 import gradio as gr
 import numpy as np
 
-from engine import generate, languages, paths
+from engine import languages, paths
+from engine.generate import synthesis as generate
 from engine.models import OUTPUT_SAMPLE_RATE
 from webui.tabs import (
     ENGINE_ERRORS,

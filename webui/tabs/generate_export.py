@@ -1,7 +1,7 @@
 """The Generate tab's export and import: one click packs the chosen run and checkpoint, with the
 chosen reference clips and their conditioning latents, into a zip that coqui-tts loads directly
-(:func:`engine.export.export_model`); a zip made that way is imported into
-``models/imported/<name>/`` (:func:`engine.export.import_model`) and then appears in the Model
+(:func:`engine.generate.export.export_model`); a zip made that way is imported into
+``models/imported/<name>/`` (:func:`engine.generate.export.import_model`) and then appears in the Model
 list of every voice."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import export, generate
+from engine.generate import export
+from engine.generate import synthesis as generate
 from webui.tabs import FormError, LogLines, TabContext, engine_errors, progress_callable
 from webui.tabs import generate_form as gform
 

@@ -1,5 +1,5 @@
 """The Generate tab's form as plain functions: the choices it offers (models, checkpoints,
-reference clips), form values ⇄ :class:`engine.generate.GenerationSettings`, a past output's
+reference clips), form values ⇄ :class:`engine.generate.synthesis.GenerationSettings`, a past output's
 settings back into form values, and the calls into the engine with the app's synthesizer.
 
 Nothing here builds components, so the tests call it without a browser.
@@ -12,7 +12,9 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine import conditioning, generate, paths, runs
+from engine import paths, runs
+from engine.generate import conditioning
+from engine.generate import synthesis as generate
 from webui.tabs import FormError, TabContext
 
 LATEST = "latest"
@@ -41,7 +43,7 @@ FORM_FIELDS = ("voice", "run", "checkpoint", "language", "text", "seed", "refere
 
 
 def settings_help() -> dict[str, str]:
-    """Help text per GenerationSettings field (:data:`engine.generate.GENERATION_HELP`), capitalised."""
+    """Help text per GenerationSettings field (:data:`engine.generate.synthesis.GENERATION_HELP`), capitalised."""
     return {name: text[:1].upper() + text[1:] for name, text in generate.GENERATION_HELP.items()}
 
 
@@ -104,7 +106,7 @@ def checkpoint_labels(voice: str | None, run: str | None) -> list[tuple[str, str
 
 
 def reference_choices(voice: str | None) -> list[tuple[str, str]]:
-    """(label, id) pairs of the voice's recordings and dataset clips (:mod:`engine.conditioning`)."""
+    """(label, id) pairs of the voice's recordings and dataset clips (:mod:`engine.generate.conditioning`)."""
     return [(ref.label, ref.id) for ref in conditioning.list_references(voice)] if voice else []
 
 
@@ -199,15 +201,15 @@ def speak(ctx: TabContext, form: dict, log=print) -> Path:
 
 def speak_candidates(ctx: TabContext, form: dict, log=print, progress=None, numbering=None) -> list[Path]:
     """Generate the form's number of candidates (seeds seed, seed+1, …); returns the WAV paths.
-    ``numbering``: see :func:`engine.generate.generate_candidates`."""
+    ``numbering``: see :func:`engine.generate.synthesis.generate_candidates`."""
     return generate.generate_candidates(**_request(ctx, form), candidates=candidate_count(form), log=log,
                                         progress=progress, numbering=numbering)  # fmt: skip
 
 
 def scorer(ctx: TabContext, voice: str, language: str, log=print):
-    """The app's :class:`engine.scoring.Scorer` for ``voice`` and ``language`` (made again when
+    """The app's :class:`engine.speech.scoring.Scorer` for ``voice`` and ``language`` (made again when
     either changes): Whisper and the voice's reference embedding load once."""
-    from engine.scoring import Scorer
+    from engine.speech.scoring import Scorer
 
     current = ctx.scorer
     if current is None or (current.voice, current.language) != (voice, language):
@@ -218,15 +220,15 @@ def scorer(ctx: TabContext, voice: str, language: str, log=print):
 
 def rank_outputs(ctx: TabContext, form: dict, wavs: list[Path], log=print) -> list[dict]:
     """Score the candidates ``wavs`` against the form's text and voice and order them best first
-    (:func:`engine.scoring.rank_candidates`: intelligible first, then by SECS). Raises
+    (:func:`engine.speech.scoring.rank_candidates`: intelligible first, then by SECS). Raises
     FileNotFoundError (the voice has no dataset) and TranscriptionError (an English-only Whisper
     model for another language)."""
-    from engine.scoring import rank_candidates
+    from engine.speech.scoring import rank_candidates
 
     return rank_candidates(scorer(ctx, form["voice"], form.get("language") or "en", log), wavs, form.get("text") or "")
 
 
 def speak_streaming(ctx: TabContext, form: dict, log=print, candidates: int = 1) -> Iterator:
-    """:func:`engine.generate.stream_speech` for the form's values (the first of ``candidates``):
+    """:func:`engine.generate.synthesis.stream_speech` for the form's values (the first of ``candidates``):
     yields chunks, returns the WAV path."""
     return generate.stream_speech(**_request(ctx, form), log=log, candidates=candidates)

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from engine import generate
+from engine.generate import synthesis as generate
 from webui.tabs import TabContext, engine_errors, pick
 from webui.tabs import generate_form as gform
 

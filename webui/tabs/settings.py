@@ -12,8 +12,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import models, paths, transcribe
+from engine import models, paths
 from engine.settings import format_size, parse_size
+from engine.speech import transcribe
 from webui.tabs import AppSettings, LogLines, TabContext, engine_errors, progress_callable
 
 #: The families a base model can be of (label, value).

@@ -1,4 +1,4 @@
-"""Training tab, part 4: the scores of a run's checkpoints (:mod:`engine.evaluation`).
+"""Training tab, part 4: the scores of a run's checkpoints (:mod:`engine.training.evaluation`).
 
 The background evaluator makes every checkpoint (and the base model, the *baseline*) speak the
 run's evaluation sentences and scores the speech: intelligibility (WER/CER of a Whisper
@@ -30,8 +30,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from engine import evaluation, runs
+from engine import runs
 from engine.config import ConfigError, TrainConfig
+from engine.training import evaluation
 from webui.tabs import browser_text, page_file
 from webui.tabs import training_plots as tplots
 from webui.tabs import training_runs as truns

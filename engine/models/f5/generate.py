@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import audio as audio_io
 from engine.errors import TimbreError
 from engine.models.f5 import files
+from engine.speech import audio as audio_io
 
 SAMPLE_RATE = files.MEL_SPEC["target_sample_rate"]
 HOP_LENGTH = files.MEL_SPEC["hop_length"]

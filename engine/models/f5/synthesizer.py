@@ -1,5 +1,5 @@
-"""F5-TTS behind the interface of :class:`engine.generate.Synthesizer`, so outputs, history,
-candidates and checkpoint scoring (engine.evaluation) work for both families unchanged.
+"""F5-TTS behind the interface of :class:`engine.generate.synthesis.Synthesizer`, so outputs, history,
+candidates and checkpoint scoring (engine.training.evaluation) work for both families unchanged.
 
 F5-TTS conditions on a reference recording *and its transcript*: :meth:`F5Synthesizer.conditioning`
 pairs each reference with its text from the voice's dataset (train.csv / validation.csv), and
@@ -24,7 +24,7 @@ PREFERRED_REFERENCE_SECONDS = 8.0
 
 
 class F5Synthesizer:
-    """A loaded F5-TTS model that generates speech (engine.generate's Synthesizer interface).
+    """A loaded F5-TTS model that generates speech (engine.generate.synthesis's Synthesizer interface).
 
     Args:
         base_model: an F5-TTS folder (engine.models.f5.files).
@@ -43,7 +43,7 @@ class F5Synthesizer:
         self._identity: str | None = None
 
     def load(self, weights, log: Callable[[str], None] = print):
-        """Use ``weights`` (engine.weights.ModelWeights): its folder and, for a run, the
+        """Use ``weights`` (engine.generate.weights.ModelWeights): its folder and, for a run, the
         checkpoint's weights (its EMA, ema.safetensors, when the checkpoint has one)."""
         from safetensors.torch import load_file
 

@@ -5,7 +5,7 @@ flow-matching loss and the freeze groups, handed to the loop as a :class:`Traine
   and curly quotes to straight ones) then the vocab.txt map, as F5's prepare scripts and
   inference do. A token missing from vocab.txt (f5_tts would silently read it as " ") makes the
   line a dataset problem naming the csv line and the characters.
-* Audio: decoded to 24 kHz mono by :func:`engine.audio.load_audio`; the mel spectrogram is
+* Audio: decoded to 24 kHz mono by :func:`engine.speech.audio.load_audio`; the mel spectrogram is
   f5_tts's ``MelSpec`` (Vocos-style log-mel, :data:`engine.models.f5.files.MEL_SPEC`), so the
   features are F5's own. Cached in ``<dataset>/cache/<key>/<audio sha256>.pt``, the key naming
   the family and the mel parameters (the only thing the cached mels depend on; the text tokens
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from engine import audio as audio_io
 from engine.files import write_bytes_atomic
 from engine.models.f5 import files
 from engine.models.family import Trainee
+from engine.speech import audio as audio_io
 from engine.training.data import Clip, DatasetCheckError, read_metadata
 
 SAMPLE_RATE = files.MEL_SPEC["target_sample_rate"]

@@ -2,7 +2,7 @@
 mel spectrograms, decoded by a HiFi-GAN. Fine-tuning trains the GPT only (coqui's
 ``GPTTrainer`` recipe); its files and loading are in :mod:`engine.models.xtts.files`, the
 training samples (cached DVAE codes and conditioning mels) in :mod:`engine.training.data`,
-generation in :mod:`engine.generate` and export in :mod:`engine.export`.
+generation in :mod:`engine.generate.synthesis` and export in :mod:`engine.generate.export`.
 """
 
 from __future__ import annotations

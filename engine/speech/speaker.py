@@ -16,7 +16,7 @@ power (not log) mel spectrogram, so the level moves the embedding. Measured on e
 from 0.94 to 0.89 mean similarity to their voice; with the level always set to -30 dBFS they
 stay at 0.93 at any gain. Another voice (``en-us+f3``) also scored lower that way, at most 0.65
 against 0.72. Audio is expected at :data:`SAMPLE_RATE`: decode it with
-``engine.audio.load_audio(path, speaker.SAMPLE_RATE)``.
+``engine.speech.audio.load_audio(path, speaker.SAMPLE_RATE)``.
 
 Importing Resemblyzer imports ``webrtcvad`` and ``librosa``. ``webrtcvad`` comes from the
 ``webrtcvad-wheels`` package: Resemblyzer declares ``webrtcvad``, which builds from source, and

@@ -15,7 +15,7 @@ e.g. ``voices/anna/take1.wav``), which is what the UI shows, what an output's se
 and the only thing :func:`resolve_references` accepts.
 
 Latents are cached on disk in ``outputs/<voice>/.latents/<key>.pt`` (and in memory by
-:class:`engine.generate.Synthesizer`). The key (:func:`latents_key`) is the SHA-256 of the
+:class:`engine.generate.synthesis.Synthesizer`). The key (:func:`latents_key`) is the SHA-256 of the
 references' contents, in order, and of the identity of the GPT weights file (path, size,
 modification time: checkpoint files are written once and never changed in place).
 """
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from engine import audio as audio_io
 from engine import models, paths
 from engine.errors import TimbreError
 from engine.files import write_bytes_atomic
+from engine.speech import audio as audio_io
 
 RECORDING = "recording"
 CLIP = "dataset clip"
@@ -74,7 +74,7 @@ def _relative_id(path: Path) -> str:
 
 
 def list_references(voice: str) -> list[Reference]:
-    """The voice's recordings (:data:`engine.audio.SUPPORTED_EXTENSIONS` files in
+    """The voice's recordings (:data:`engine.speech.audio.SUPPORTED_EXTENSIONS` files in
     ``voices/<voice>/``), then its dataset clips (``datasets/<voice>/wavs/*.wav``), each sorted
     by name. [] when it has neither. Raises InvalidNameError for an unsafe voice name."""
     found = []

@@ -6,7 +6,7 @@ sample rate the caller names (22 050 Hz for XTTS-v2 clips, 16 000 Hz for Whisper
 Decoding uses PyAV (``av``), which bundles its own FFmpeg, so every format in
 :data:`SUPPORTED_EXTENSIONS` decodes with no system FFmpeg. ``torchaudio.load`` is not used:
 from torch 2.9 it goes through torchcodec, which needs the system FFmpeg libraries. FFmpeg runs
-in a separate decoder process (:mod:`engine.audio_worker`), started here and reused, so a file
+in a separate decoder process (:mod:`engine.speech.audio_worker`), started here and reused, so a file
 that crashes or hangs the decoder costs only that file, and a long recording is decoded in
 chunks rather than whole.
 """
@@ -105,7 +105,7 @@ MAX_IDLE_WORKERS = 2
 """Decoder processes kept running between calls (each holds about 60 MB); more start when
 several threads decode at once, and those beyond this number exit after their file."""
 
-_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the engine package
+_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the engine package
 
 
 class _DecoderFailed(Exception):
@@ -117,7 +117,7 @@ class _DecoderFailed(Exception):
 
 
 class _Worker:
-    """One ``python -m engine.audio_worker`` process, used by one caller at a time.
+    """One ``python -m engine.speech.audio_worker`` process, used by one caller at a time.
 
     Replies are read by a thread into a queue, so waiting has a timeout on every platform
     (``select`` on pipes is POSIX only); another thread keeps the tail of its stderr, which a
@@ -127,7 +127,7 @@ class _Worker:
     def __init__(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "engine.audio_worker"]
+        argv = [sys.executable, "-m", "engine.speech.audio_worker"]
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -369,7 +369,7 @@ def load_audio(
 ) -> torch.Tensor:
     """Decode a recording to mono float32 at ``sample_rate`` Hz and check it is usable speech.
 
-    FFmpeg runs in a separate process (:mod:`engine.audio_worker`), which streams the file and
+    FFmpeg runs in a separate process (:mod:`engine.speech.audio_worker`), which streams the file and
     writes the result to a temporary raw file this process reads. A decoder that crashes or
     hangs therefore costs only this file, and memory stays bounded: the worker holds a frame or
     two, this process only the result (4 bytes per output sample: 2 hours at 22 050 Hz is

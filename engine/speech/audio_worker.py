@@ -1,9 +1,9 @@
-"""The decoder process behind :func:`engine.audio.load_audio`: FFmpeg runs here, not in the app.
+"""The decoder process behind :func:`engine.speech.audio.load_audio`: FFmpeg runs here, not in the app.
 
 A crash inside FFmpeg (a corrupt or hostile file) or a decoder that never returns would take
 the web server down with it, and decoding a whole long recording into memory at once peaked at
-7.8 GB for 50 minutes of 44.1 kHz stereo. So :mod:`engine.audio` starts this module as its own
-process (``python -m engine.audio_worker``), with a timeout, and this process streams the file
+7.8 GB for 50 minutes of 44.1 kHz stereo. So :mod:`engine.speech.audio` starts this module as its own
+process (``python -m engine.speech.audio_worker``), with a timeout, and this process streams the file
 frame by frame: each decoded frame is converted to float, downmixed by the mean of its channels,
 resampled by FFmpeg's swresample (one streaming resampler for the whole file) and appended to a
 raw float32 file that the parent reads. Only a frame or two is ever held here.
@@ -20,7 +20,7 @@ Requests:
     "peak": amplitude}`` or ``{"error": reason}``. ``FILE`` then holds ``M`` little-endian
     float32 mono samples in [-1, 1] at ``rate`` Hz, ``M = round(N * rate / source_rate)``.
 
-``fault`` is a test hook, documented in :data:`engine.audio.FAULT_ENV`: ``"crash"`` aborts this
+``fault`` is a test hook, documented in :data:`engine.speech.audio.FAULT_ENV`: ``"crash"`` aborts this
 process and ``"hang"`` sleeps forever, both after the file has been opened, so tests can check
 how the parent copes with a decoder that dies or never returns.
 """

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.transcribe import Segment, Word, gaps
+from engine.speech.transcribe import Segment, Word, gaps
 
 MIN_CLIP_SECONDS = 0.5
 """Shortest clip kept, in seconds: a short utterance such as "Hello world" (0.5–1 s) is still
-a clean example of the voice (:data:`engine.audio.MIN_SECONDS` is the same floor for a whole
+a clean example of the voice (:data:`engine.speech.audio.MIN_SECONDS` is the same floor for a whole
 recording)."""
 
 MAX_CLIP_SECONDS = 11.5
@@ -80,7 +80,7 @@ def plan_clips(
         sample_rate: of ``audio``, in Hz.
         min_seconds, max_seconds: clip length bounds, in seconds.
         speech: the recording's speech regions from the VAD (``[(start, end), …]`` seconds,
-            :func:`engine.transcribe.detect_speech`); the silences between them are the pauses
+            :func:`engine.speech.transcribe.detect_speech`); the silences between them are the pauses
             where cuts go. None: pauses come from the word times alone.
 
     Returns:

@@ -2,8 +2,8 @@
 against audio (CER), silence and Whisper's silence phrases, another speaker, the language of
 the voice, and how much of the detected speech ended up in a clip.
 
-Pure functions over :class:`engine.dataset_records.ClipRecord` lists and plain data; the
-Whisper passes and the speaker embeddings themselves are made by :mod:`engine.dataset`.
+Pure functions over :class:`engine.dataset.records.ClipRecord` lists and plain data; the
+Whisper passes and the speaker embeddings themselves are made by :mod:`engine.dataset.prepare`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import statistics
 
 import numpy as np
 
-from engine import dataset_edit, dataset_quality, scoring
-from engine.audio import rms_dbfs
-from engine.clips import PlannedClip
-from engine.dataset_records import ClipRecord
-from engine.transcribe import gaps
+from engine.dataset import edit as dataset_edit
+from engine.dataset import quality as dataset_quality
+from engine.dataset.clips import PlannedClip
+from engine.dataset.records import ClipRecord
+from engine.speech import scoring
+from engine.speech.audio import rms_dbfs
+from engine.speech.transcribe import gaps
 
 HALLUCINATIONS = frozenset(
     {
@@ -28,7 +30,7 @@ HALLUCINATIONS = frozenset(
         "gracias por ver", "subtítulos realizados por la comunidad de amaraorg", "ご視聴ありがとうございました",
     }
 )  # fmt: skip
-"""Texts Whisper writes for silence or noise (normalised by :func:`engine.scoring.normalise`
+"""Texts Whisper writes for silence or noise (normalised by :func:`engine.speech.scoring.normalise`
 with the basic normaliser): the "you" and "Thank you for watching" of YouTube subtitles, the
 credit lines of subtitle communities. Found in Whisper's issue tracker and in the Seed-TTS and
 WhisperX hallucination lists; a clip whose whole text is one of these is not kept."""
@@ -109,11 +111,11 @@ def drop_silent(clips: list[ClipRecord], speech_levels: list[float]) -> tuple[li
 
 def check_speakers(clips: list[ClipRecord], embeddings: dict) -> dict:
     """Set each clip's ``speaker_similarity`` (to the median embedding of the voice's *other*
-    clips, :func:`engine.speaker.speaker_similarities`) and ``different_speaker``
-    (:func:`engine.speaker.speaker_outliers`: below the measured threshold and well below the
+    clips, :func:`engine.speech.speaker.speaker_similarities`) and ``different_speaker``
+    (:func:`engine.speech.speaker.speaker_outliers`: below the measured threshold and well below the
     voice's usual similarity); returns report.json's ``speaker``."""
     try:
-        from engine import speaker
+        from engine.speech import speaker
     except ImportError as error:
         return {"measured": False, "reason": f"speaker embeddings unavailable ({error})"}
     measured = [clip for clip in clips if embeddings.get(clip.audio_file) is not None]

@@ -37,9 +37,11 @@ from pathlib import Path, PurePosixPath
 import torch
 from safetensors.torch import load_file
 
-from engine import conditioning, generate, models, paths, runs
+from engine import models, paths, runs
 from engine.config import TrainConfig
 from engine.errors import TimbreError
+from engine.generate import conditioning
+from engine.generate import synthesis as generate
 
 EXPORTS_DIR = "exports"
 MANIFEST = "timbre.json"
@@ -81,7 +83,7 @@ def merged_state_dict(model_dir: Path, gpt_weights: Path) -> dict[str, torch.Ten
 def dataset_size(voice: str) -> dict:
     """Clips and seconds of ``datasets/<voice>/`` now: ``{"train_clips", "validation_clips",
     "seconds"}``; durations from report.json, else the WAV header (0 for unreadable files)."""
-    from engine.dataset import load_clips
+    from engine.dataset.prepare import load_clips
 
     size = {"train_clips": 0, "validation_clips": 0, "seconds": 0.0}
     for clip in load_clips(voice):
@@ -192,9 +194,9 @@ The run's `train.yaml`:
 
 
 def _scores_section(run_dir: Path, checkpoint: str) -> str:
-    """The checkpoint's evaluation scores against the base model's (engine.evaluation), as a
+    """The checkpoint's evaluation scores against the base model's (engine.training.evaluation), as a
     Markdown section; empty when it was not scored."""
-    from engine import evaluation
+    from engine.training import evaluation
 
     scores, baseline = evaluation.read_scores(run_dir, checkpoint), evaluation.read_scores(run_dir, evaluation.BASELINE)
     if not scores or not baseline or scores.get("setup") != baseline.get("setup"):
@@ -255,10 +257,10 @@ def export_model(
 
     Args:
         checkpoint: "latest" (resolved to its step) or "step-NNNNNNN".
-        references: reference ids (:mod:`engine.conditioning`); None: all recordings.
+        references: reference ids (:mod:`engine.generate.conditioning`); None: all recordings.
         out: the zip (default :func:`export_path`); written to a temporary file, then renamed.
         base_model: fallback base-model folder when the run's train.yaml names a missing one.
-        synthesizer: a loaded :class:`engine.generate.Synthesizer` to reuse for the latents
+        synthesizer: a loaded :class:`engine.generate.synthesis.Synthesizer` to reuse for the latents
             (only used when the latents are not cached on disk).
 
     Raises ExportError (not a run, mismatched weights), GenerationError (unknown run or
@@ -391,7 +393,7 @@ def import_model(
     zip_path: str | os.PathLike, name: str, log: Callable[[str], None] = print
 ) -> Path:  # fmt: skip
     """Unpack an export zip into ``models/imported/<name>/``; returns that folder. The Generate
-    tab then lists it as ``imported:<name>`` (:func:`engine.generate.list_imported_models`).
+    tab then lists it as ``imported:<name>`` (:func:`engine.generate.synthesis.list_imported_models`).
 
     ``name`` is checked with :func:`engine.paths.check_name`. The zip must hold the XTTS-v2
     files :data:`engine.models.REQUIRED_FILES` at its root (or under one top folder). Files are

@@ -3,7 +3,7 @@ model, conditioned on reference clips of the voice.
 
 ``Synthesizer`` keeps the loaded model: switching to another run, checkpoint or compatible
 imported model reloads only the GPT weights, and conditioning latents are computed once per
-(references, weights) and cached in memory and on disk (:mod:`engine.conditioning`).
+(references, weights) and cached in memory and on disk (:mod:`engine.generate.conditioning`).
 Outputs go to ``outputs/<voice>/`` as 24 kHz 16-bit WAV with a JSON file of their settings
 beside (:func:`list_outputs`, :func:`read_output`); a past output's JSON holds everything needed
 to generate it again.
@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from engine import audio as audio_io
-from engine import conditioning, languages, models, paths, streaming
-from engine.conditioning import ConditioningError
+from engine import languages, models, paths
 from engine.files import write_bytes_atomic
-from engine.weights import (
+from engine.generate import conditioning, streaming
+from engine.generate.conditioning import ConditioningError
+from engine.generate.weights import (
     BASE_MODEL,
     IMPORTED_PREFIX,
     GenerationError,
@@ -40,6 +40,7 @@ from engine.weights import (
     resolve_model,
     run_base_model,
 )
+from engine.speech import audio as audio_io
 
 #: Codes per streamed chunk (coqui's ``inference_stream`` default: 20 codes, about 0.93 s).
 STREAM_CHUNK_CODES = 20
@@ -258,10 +259,10 @@ class Synthesizer:
 
     def conditioning(self, references: list[Path], cache_dir: Path | None = None, log: Callable[[str], None] = print):
         """GPT conditioning latents (1, 32, width) and speaker embedding (1, 512, 1) of the
-        reference files under the loaded GPT weights (:func:`engine.conditioning.compute_latents`).
+        reference files under the loaded GPT weights (:func:`engine.generate.conditioning.compute_latents`).
 
         Cached in memory, and in ``cache_dir`` (``outputs/<voice>/.latents/``) when given, by
-        :func:`engine.conditioning.latents_key`. Raises ConditioningError when no file is usable.
+        :func:`engine.generate.conditioning.latents_key`. Raises ConditioningError when no file is usable.
         """
         if self.model is None:
             raise GenerationError("load a model before computing conditioning latents")
@@ -296,7 +297,7 @@ class Synthesizer:
     def stream(self, text: str, latents: tuple[torch.Tensor, torch.Tensor], settings: GenerationSettings,
                language: str = "en", chunk_codes: int = STREAM_CHUNK_CODES,
                first_chunk_codes: int = streaming.FIRST_CHUNK_CODES) -> Iterator[torch.Tensor]:  # fmt: skip
-        """Speech for ``text`` in chunks as they are decoded (:func:`engine.streaming.stream_xtts`):
+        """Speech for ``text`` in chunks as they are decoded (:func:`engine.generate.streaming.stream_xtts`):
         1-D float32 tensors at 24 kHz, the first after ``first_chunk_codes`` codes (about 0.37 s
         of speech), the others about ``chunk_codes`` / 21.5 s each, cross-faded so that their
         concatenation is the whole utterance. Raises GenerationError for empty or too long text."""
@@ -424,7 +425,7 @@ def generate_candidates(
         base_model: base-model folder (default models/xtts-v2/).
         settings: sampling settings (a seed is drawn and recorded when it is None).
         candidates: how many outputs, 1 to 16.
-        references: reference ids (:mod:`engine.conditioning`); None or empty: all recordings.
+        references: reference ids (:mod:`engine.generate.conditioning`); None or empty: all recordings.
         synthesizer: a :class:`Synthesizer` to reuse (the UI keeps one).
         progress: optional ``progress(fraction, description)``.
         numbering: (number of the first, total) recorded as ``candidate`` / ``candidates``
@@ -591,7 +592,7 @@ def default_language(voice: str | None, model: str | None = None) -> str:
     return languages.dataset_language(voice) or languages.DEFAULT_LANGUAGE
 
 
-__all__ = [  # the names of engine.weights and engine.conditioning that callers of this module use
+__all__ = [  # the names of engine.generate.weights and engine.generate.conditioning that callers of this module use
     "BASE_MODEL", "GENERATION_HELP", "IMPORTED_PREFIX", "ConditioningError", "GenerationError", "GenerationSettings",
     "ModelWeights", "Synthesizer", "checkpoint_weights", "generate_candidates", "generate_speech",
     "imported_model_dir", "imported_models_dir", "list_imported_models", "list_outputs", "read_output",

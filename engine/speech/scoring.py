@@ -79,7 +79,7 @@ CPS_HIGH = 2.0
 
 CER_ABSOLUTE = 0.1
 """A median CER under this counts as intelligible whatever the baseline's (the checkpoint rule,
-:func:`engine.evaluation.choose_best`); a candidate within this of the lowest CER counts as
+:func:`engine.training.evaluation.choose_best`); a candidate within this of the lowest CER counts as
 intelligible in :func:`rank_candidates`."""
 
 
@@ -118,11 +118,11 @@ def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
 def voice_reference(voice: str, device: str = "cpu", log=print) -> VoiceReference:
     """The :class:`VoiceReference` of ``voice``'s prepared dataset.
 
-    Clips too short or silent for an embedding (:class:`engine.speaker.SpeakerError`) are left
+    Clips too short or silent for an embedding (:class:`engine.speech.speaker.SpeakerError`) are left
     out with a logged note. Raises FileNotFoundError when the voice has no dataset clips.
     """
-    from engine import audio, speaker
-    from engine.dataset_records import load_clips, voice_settings
+    from engine.dataset.records import load_clips, voice_settings
+    from engine.speech import audio, speaker
 
     clips = load_clips(voice)
     if not clips:
@@ -147,9 +147,9 @@ def voice_reference(voice: str, device: str = "cpu", log=print) -> VoiceReferenc
 
 def speech_seconds(audio_16k: np.ndarray) -> float:
     """Seconds from the start of the first to the end of the last speech region the VAD
-    (:func:`engine.transcribe.detect_speech`) finds in 16 kHz audio; 0.0 when it finds none.
+    (:func:`engine.speech.transcribe.detect_speech`) finds in 16 kHz audio; 0.0 when it finds none.
     Leading and trailing silence do not count; pauses inside do."""
-    from engine.transcribe import detect_speech
+    from engine.speech.transcribe import detect_speech
 
     regions = detect_speech(audio_16k)
     return round(regions[-1][1] - regions[0][0], 3) if regions else 0.0
@@ -173,11 +173,11 @@ def xtts_speaker_embedding(model, audio_16k: np.ndarray | torch.Tensor) -> np.nd
 
 def whisper_choice(voice: str, backend: str | None = None, whisper_model: str | None = None) -> tuple[str, str]:
     """The Whisper ``(backend, model)`` that scores ``voice``'s speech: those given, else the
-    ones its dataset was prepared with (:func:`engine.dataset_records.voice_settings`), else
-    faster-whisper with :data:`engine.transcribe.DEFAULT_MODELS`. A model path comes back
+    ones its dataset was prepared with (:func:`engine.dataset.records.voice_settings`), else
+    faster-whisper with :data:`engine.speech.transcribe.DEFAULT_MODELS`. A model path comes back
     absolute. Raises TranscriptionError for an unknown backend."""
-    from engine import transcribe
-    from engine.dataset_records import voice_settings
+    from engine.dataset.records import voice_settings
+    from engine.speech import transcribe
 
     saved = voice_settings(voice)
     backend = backend or saved.get("backend") or "faster-whisper"
@@ -191,11 +191,11 @@ class Scorer:
     cosine of speaker-verification embeddings):
 
     - intelligibility: Whisper (``backend``/``whisper_model``, default: those the voice's
-      dataset was prepared with, :func:`engine.dataset_records.voice_settings`) transcribes the audio
+      dataset was prepared with, :func:`engine.dataset.records.voice_settings`) transcribes the audio
       at temperature 0; CER for every language and WER for English
       (:func:`character_error_rate`, :func:`word_error_rate`);
     - speaker similarity (SECS): cosine of the Resemblyzer embedding
-      (:mod:`engine.speaker`) to :attr:`reference` (the voice's held-out clips); with an XTTS
+      (:mod:`engine.speech.speaker`) to :attr:`reference` (the voice's held-out clips); with an XTTS
       model also ``secs_xtts`` with its own speaker encoder, reported apart
       (:func:`xtts_speaker_embedding` says why it is biased);
     - duration sanity: characters per second of speech against the dataset's median
@@ -205,18 +205,18 @@ class Scorer:
         voice: the voice whose dataset gives the references.
         language: the language of the texts (a code such as ``"en"``).
         backend, whisper_model: Whisper backend and model (name or local path); None: the
-            voice's, else :data:`engine.transcribe.DEFAULT_MODELS`.
+            voice's, else :data:`engine.speech.transcribe.DEFAULT_MODELS`.
         device: ``"auto"`` (the GPU when there is one), ``"cpu"`` or ``"cuda"``.
 
     Raises:
         FileNotFoundError: the voice has no dataset clips.
-        engine.transcribe.TranscriptionError: an unknown backend, or an English-only Whisper
+        engine.speech.transcribe.TranscriptionError: an unknown backend, or an English-only Whisper
             model for another language.
     """
 
     def __init__(self, voice: str, language: str = "en", backend: str | None = None,
                  whisper_model: str | None = None, device: str = "auto", log=print):  # fmt: skip
-        from engine import transcribe
+        from engine.speech import transcribe
 
         self.voice, self.language = voice, language
         self.backend, self.whisper_model = whisper_choice(voice, backend, whisper_model)
@@ -241,7 +241,7 @@ class Scorer:
     def transcribe(self, audio_16k: np.ndarray) -> str:
         """Whisper's text for 1-D float32 16 kHz audio, decoded as one window when it is at
         most 30 s long (else the VAD's windows), deterministically."""
-        from engine import transcribe
+        from engine.speech import transcribe
 
         seconds = audio_16k.size / transcribe.SAMPLE_RATE
         chunks = [(0.0, seconds)] if seconds <= transcribe.CHUNK_SECONDS else None
@@ -252,7 +252,7 @@ class Scorer:
     def xtts_reference(self, model) -> np.ndarray | None:
         """Mean XTTS speaker-encoder embedding of the reference clips, for ``model`` (cached
         per model object)."""
-        from engine import audio
+        from engine.speech import audio
 
         if self._xtts_reference is None or self._xtts_reference[0] != id(model):
             rows = [xtts_speaker_embedding(model, audio.load_audio(p, 16_000)) for p in self.reference.clips]
@@ -276,7 +276,7 @@ class Scorer:
             (plain-language problems: "truncated or rushed", "too slow or a babbling tail",
             "no speech heard").
         """
-        from engine import speaker
+        from engine.speech import speaker
 
         samples = np.asarray(audio_16k.detach().cpu() if isinstance(audio_16k, torch.Tensor) else audio_16k,
                              dtype=np.float32).reshape(-1)  # fmt: skip
@@ -325,7 +325,7 @@ def rank_candidates(scorer: Scorer, wavs: list, text: str) -> list[dict]:
     :data:`CER_ABSOLUTE` of the lowest come first, by SECS (highest first); the rest follow by
     CER. Returns one dict per WAV, best first: ``path``, ``rank`` (1 = best) and the
     :meth:`Scorer.score` fields; ``wavs``: paths of the candidates."""
-    from engine import audio
+    from engine.speech import audio
 
     rows = []
     for wav in wavs:

@@ -7,19 +7,19 @@
     train.csv               coqui's "coqui" formatter: ``audio_file|text|speaker_name``
     validation.csv          the same, a seeded random share of the clips
     transcription.json      per recording: speech regions (VAD), language, Whisper's segments
-                            and each clip's re-transcription (engine.transcribe.TranscriptCache),
+                            and each clip's re-transcription (engine.speech.transcribe.TranscriptCache),
                             so a re-run transcribes only new or changed recordings
     prepare.json            the voice's transcription settings (backend, model, language)
     report.json             counts, durations, skipped files with reasons, per-clip statistics
-    edits.json              the user's changes (engine.dataset_edit): typed transcripts and
+    edits.json              the user's changes (engine.dataset.edit): typed transcripts and
                             excluded clips, applied again by every run to the clips that remain
 
 Every file is written atomically (temp file + ``os.replace``); the clips go to a new folder
 that replaces ``wavs/`` only once all of them exist, so a failed or interrupted run leaves
 the previous dataset whole.
 
-Where to cut is :func:`engine.clips.plan_clips`; the per-clip quality figures are
-:mod:`engine.dataset_quality`'s.
+Where to cut is :func:`engine.dataset.clips.plan_clips`; the per-clip quality figures are
+:mod:`engine.dataset.quality`'s.
 """
 
 from __future__ import annotations
@@ -41,8 +41,21 @@ from pathlib import Path
 import numpy as np
 import torchaudio.functional as AF
 
-from engine import dataset_checks, dataset_edit, languages, paths, transcribe
-from engine.audio import (
+from engine import languages, paths
+from engine.dataset import checks as dataset_checks
+from engine.dataset import edit as dataset_edit
+from engine.dataset.checks import HALLUCINATIONS as HALLUCINATIONS  # re-exported: the checks' thresholds
+from engine.dataset.checks import MISMATCH_CER as MISMATCH_CER
+from engine.dataset.checks import SILENCE_BELOW_MEDIAN_DB as SILENCE_BELOW_MEDIAN_DB
+from engine.dataset.clips import PlannedClip, plan_clips
+from engine.dataset.quality import clip_audio_stats, word_confidence
+from engine.dataset.records import VOICE_SETTINGS_FILE, ClipRecord, DatasetReport
+from engine.dataset.records import load_clips as load_clips  # re-exported: the dataset's readers
+from engine.dataset.records import voice_settings as voice_settings
+from engine.errors import TimbreError
+from engine.files import write_bytes_atomic
+from engine.speech import transcribe
+from engine.speech.audio import (
     SUPPORTED_EXTENSIONS,
     AudioError,
     audio_duration,
@@ -53,16 +66,6 @@ from engine.audio import (
     rms_dbfs,
     save_wav,
 )
-from engine.clips import PlannedClip, plan_clips
-from engine.dataset_checks import HALLUCINATIONS as HALLUCINATIONS  # re-exported: the checks' thresholds
-from engine.dataset_checks import MISMATCH_CER as MISMATCH_CER
-from engine.dataset_checks import SILENCE_BELOW_MEDIAN_DB as SILENCE_BELOW_MEDIAN_DB
-from engine.dataset_quality import clip_audio_stats, word_confidence
-from engine.dataset_records import VOICE_SETTINGS_FILE, ClipRecord, DatasetReport
-from engine.dataset_records import load_clips as load_clips  # re-exported: the dataset's readers
-from engine.dataset_records import voice_settings as voice_settings
-from engine.errors import TimbreError
-from engine.files import write_bytes_atomic
 
 SAMPLE_RATE = 22_050
 """Clip sample rate in Hz: XTTS-v2's GPT/DVAE rate (``XttsAudioConfig.sample_rate``)."""
@@ -102,18 +105,18 @@ def prepare_dataset(
 ) -> DatasetReport:
     """Transcribe ``voices/<voice>/`` and write the dataset ``datasets/<voice>/``.
 
-    Recordings are the files of :data:`engine.audio.SUPPORTED_EXTENSIONS` in the voice
+    Recordings are the files of :data:`engine.speech.audio.SUPPORTED_EXTENSIONS` in the voice
     folder, by name. Each is decoded at 22 050 Hz in a worker process
-    (:func:`engine.audio.load_audio`), RMS-normalised to -20 dBFS
-    (:func:`engine.audio.loudness_normalise`), and then, unless ``transcription.json`` holds
+    (:func:`engine.speech.audio.load_audio`), RMS-normalised to -20 dBFS
+    (:func:`engine.speech.audio.loudness_normalise`), and then, unless ``transcription.json`` holds
     it already: its speech regions are found by Silero VAD, its language detected (with
     ``language="auto"``), and the speech transcribed deterministically
-    (:mod:`engine.transcribe`). It is cut between sentences, in the pauses
-    (:func:`engine.clips.plan_clips`). Every clip is transcribed again on its own and its
+    (:mod:`engine.speech.transcribe`). It is cut between sentences, in the pauses
+    (:func:`engine.dataset.clips.plan_clips`). Every clip is transcribed again on its own and its
     text compared with that (CER, :data:`MISMATCH_CER`), and its speaker embedding compared
-    with the voice's (:mod:`engine.speaker`). Silence and Whisper's silence phrases never
+    with the voice's (:mod:`engine.speech.speaker`). Silence and Whisper's silence phrases never
     become clips (:data:`SILENCE_BELOW_MEDIAN_DB`, :data:`HALLUCINATIONS`). The edits of
-    ``edits.json`` (:mod:`engine.dataset_edit`) are applied to the clips whose recording and
+    ``edits.json`` (:mod:`engine.dataset.edit`) are applied to the clips whose recording and
     times they name. The same recordings, settings and model give the same files.
 
     Args:
@@ -124,7 +127,7 @@ def prepare_dataset(
             detects it per recording with a multilingual model (an English-only model is
             English).
         validation_fraction: share of clips for validation, 0 ≤ f < 1 (see
-            :func:`engine.dataset_edit.assign_splits`).
+            :func:`engine.dataset.edit.assign_splits`).
         seed: seed of the train/validation split.
         progress: optional ``progress(fraction 0–1, description)``; the fraction is seconds
             of audio done over seconds of audio in all recordings, and the description names
@@ -137,7 +140,7 @@ def prepare_dataset(
 
     Raises:
         engine.paths.InvalidNameError: bad voice name.
-        engine.transcribe.TranscriptionError: unknown backend, unknown language, or a
+        engine.speech.transcribe.TranscriptionError: unknown backend, unknown language, or a
             language other than English with an English-only model (nothing is written).
         DatasetError: ``validation_fraction`` outside [0, 1), no recordings, the Whisper model cannot be loaded, no clip was made,
             edits.json cannot be read, or another run holds the dataset; the message lists
@@ -339,7 +342,7 @@ def _make_dataset(voice, recordings, skipped, whisper, split, progress, log, sta
 
 @contextlib.contextmanager
 def _exclusive(out_dir: Path):
-    """:func:`engine.dataset_edit.dataset_lock` (so a run and an edit never interleave),
+    """:func:`engine.dataset.edit.dataset_lock` (so a run and an edit never interleave),
     raising DatasetError when another run or an edit holds it."""
     try:
         with dataset_edit.dataset_lock(out_dir):
@@ -506,12 +509,12 @@ def _verify(audio_16k, planned: list[PlannedClip], whisper: _Whisper, language: 
 
 
 def _embeddings(audio_16k: np.ndarray, planned: list[PlannedClip], cache, key: str) -> list:
-    """Each planned clip's speaker embedding (:func:`engine.speaker.embed`, a ``(256,)``
+    """Each planned clip's speaker embedding (:func:`engine.speech.speaker.embed`, a ``(256,)``
     array), None where it cannot be made (too short or silent: remembered as such; no
     encoder installed: not remembered); kept in the transcript cache beside the checks."""
 
     def embed(missing: list[int]) -> list:
-        from engine import speaker
+        from engine.speech import speaker
 
         vectors = []
         for i in missing:

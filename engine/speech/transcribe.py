@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from engine import paths
-from engine.audio import file_sha256 as file_sha256  # re-exported: a recording's identity in the cache
 from engine.errors import TimbreError
 from engine.files import write_bytes_atomic
-from engine.whisper_runtime import is_model_local as is_model_local  # re-exported: engine.evaluation
-from engine.whisper_runtime import preload_cuda12_libraries, runtime
+from engine.speech.audio import file_sha256 as file_sha256  # re-exported: a recording's identity in the cache
+from engine.speech.whisper_runtime import is_model_local as is_model_local  # re-exported: engine.training.evaluation
+from engine.speech.whisper_runtime import preload_cuda12_libraries, runtime
 
 SAMPLE_RATE = 16_000
 """Sample rate in Hz that Whisper models expect (``whisper.audio.SAMPLE_RATE``)."""

@@ -1,8 +1,8 @@
 """The records of a prepared dataset: one :class:`ClipRecord` per clip and the
 :class:`DatasetReport` that is ``datasets/<voice>/report.json``.
 
-:func:`engine.dataset.prepare_dataset` makes them; :mod:`engine.dataset_edit` and
-:mod:`engine.dataset_quality` read report.json as plain dicts (``to_dict``/``from_dict`` are
+:func:`engine.dataset.prepare.prepare_dataset` makes them; :mod:`engine.dataset.edit` and
+:mod:`engine.dataset.quality` read report.json as plain dicts (``to_dict``/``from_dict`` are
 the boundary).
 
 The readers of a prepared dataset live here too, below everything that uses them (the
@@ -24,20 +24,20 @@ class ClipRecord:
     """One clip of report.json's ``per_clip``. Times and durations in seconds.
 
     Made by prepare: ``audio_file`` (``"wavs/<stem>_NNNNN.wav"``), ``key``
-    (:func:`engine.dataset_edit.clip_key`), ``source`` (recording file name),
+    (:func:`engine.dataset.edit.clip_key`), ``source`` (recording file name),
     ``source_sha256``, ``start``/``end`` in the recording, ``duration``, ``text`` (trained on),
     ``language`` (Whisper code of the recording), ``peak`` (0–1), ``peak_dbfs``,
     ``rms_dbfs``, ``clipping`` (share of samples near full scale before normalisation),
     ``leading_silence``/``trailing_silence``, Whisper's ``avg_logprob``,
-    ``min_word_probability`` and ``low_words`` (:mod:`engine.dataset_quality`);
+    ``min_word_probability`` and ``low_words`` (:mod:`engine.dataset.quality`);
     ``verified_text`` (the clip re-transcribed on its own) and ``cer`` (character error rate
-    of ``text`` against it, :func:`engine.scoring.character_error_rate`); ``auto_excluded``
+    of ``text`` against it, :func:`engine.speech.scoring.character_error_rate`); ``auto_excluded``
     (the reason prepare left the clip out of training, e.g. "text does not match audio
     (CER 0.47)", or None); ``speaker_similarity`` (cosine of the clip's speaker embedding to
     the median one of the voice's other clips, None when unmeasured) and ``different_speaker``
-    (:func:`engine.speaker.speaker_outliers` flagged it).
+    (:func:`engine.speech.speaker.speaker_outliers` flagged it).
 
-    Set by :func:`engine.dataset_edit.apply_edits`: ``split`` (``"train"``,
+    Set by :func:`engine.dataset.edit.apply_edits`: ``split`` (``"train"``,
     ``"validation"``, ``"excluded"``), ``whisper_text``, ``origin``, ``excluded`` and, after a
     re-transcription of one clip, ``retranscription``.
     """
@@ -75,7 +75,7 @@ class ClipRecord:
     @classmethod
     def from_dict(cls, data: dict) -> ClipRecord:
         """A record from a report.json entry; keys this version does not know are ignored
-        (``path``, added by :func:`engine.dataset_edit.list_clips`, for one)."""
+        (``path``, added by :func:`engine.dataset.edit.list_clips`, for one)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -91,7 +91,7 @@ class DatasetReport:
     ``validation`` those in the csv files, ``excluded`` those left out (by the user, or by
     prepare when a clip's text does not match its audio); ``total_seconds`` is the speech in
     the csv files; ``edited`` counts clips whose text the user saved or had re-transcribed,
-    and ``unmatched_edits`` the edits whose clip is gone (:func:`engine.dataset_edit.summarise`).
+    and ``unmatched_edits`` the edits whose clip is gone (:func:`engine.dataset.edit.summarise`).
     ``skipped``: ``{"file", "reason"}`` per unusable recording. ``dropped``: ``{"file",
     "start", "end", "text", "reason"}`` per stretch of a usable recording that made no clip
     (too short, no usable text, silence, a known Whisper hallucination).

@@ -3,7 +3,7 @@ resolved to files (:func:`resolve_model`), and reading an XTTS ``model.pth``.
 
 A run's checkpoint holds only the fine-tuned GPT (``model.safetensors``); the decoder, DVAE and
 tokenizer come from the base model named in its train.yaml. An imported model
-(``models/imported/<name>/``, from :func:`engine.export.import_model`) is a whole XTTS-v2 folder.
+(``models/imported/<name>/``, from :func:`engine.generate.export.import_model`) is a whole XTTS-v2 folder.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from engine import conditioning, models, paths, runs
+from engine import models, paths, runs
 from engine.errors import TimbreError
+from engine.generate import conditioning
 
 #: The base model's own weights, instead of a run.
 BASE_MODEL = "base model"

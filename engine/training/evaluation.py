@@ -1,5 +1,5 @@
 """Which checkpoint sounds like the voice: every checkpoint of a run speaks the run's held-out
-sentences and is scored (:class:`engine.scoring.Scorer`: WER/CER with Whisper, speaker
+sentences and is scored (:class:`engine.speech.scoring.Scorer`: WER/CER with Whisper, speaker
 similarity SECS, pace), against the base model's zero-shot scores on the same sentences,
 seeds and references; the best checkpoint is chosen by one rule (:func:`choose_best`).
 
@@ -40,7 +40,7 @@ from pathlib import Path
 from engine import paths, runs
 from engine.errors import TimbreError
 from engine.files import write_bytes_atomic
-from engine.scoring import CER_ABSOLUTE as CER_ABSOLUTE  # re-exported: part of choose_best's rule
+from engine.speech.scoring import CER_ABSOLUTE as CER_ABSOLUTE  # re-exported: part of choose_best's rule
 
 EVAL_DIR = runs.EVAL_DIR
 SUMMARY_FILE = runs.EVAL_SUMMARY
@@ -285,7 +285,7 @@ def record_error(run_dir: str | os.PathLike, message: str | None) -> None:
 
 def seconds_cap(text: str, language: str, chars_per_second: float | None) -> float:
     """Longest speech (seconds) a sentence may take in evaluation (see :data:`MIN_SECONDS_CAP`)."""
-    from engine.scoring import normalise
+    from engine.speech.scoring import normalise
 
     rate = chars_per_second or DEFAULT_CHARS_PER_SECOND
     return round(max(MIN_SECONDS_CAP, SECONDS_CAP_FACTOR * len(normalise(text, language)) / rate), 2)
@@ -299,14 +299,14 @@ class Evaluator:
         plan: the run's :class:`EvalPlan`.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` for both XTTS and Whisper.
 
-    Raises as :class:`engine.scoring.Scorer`, and ConditioningError when the voice has no
+    Raises as :class:`engine.speech.scoring.Scorer`, and ConditioningError when the voice has no
     usable reference recording.
     """
 
     def __init__(self, plan: EvalPlan, device: str = "auto", log=print):
-        from engine import conditioning
-        from engine.generate import make_synthesizer
-        from engine.scoring import Scorer
+        from engine.generate import conditioning
+        from engine.generate.synthesis import make_synthesizer
+        from engine.speech.scoring import Scorer
 
         self.plan, self.log = plan, log
         self.scorer = Scorer(plan.voice, plan.language, plan.backend, plan.whisper_model, device, log)
@@ -325,8 +325,9 @@ class Evaluator:
         import torch
         import torchaudio.functional as F
 
-        from engine import conditioning, models, weights
-        from engine.generate import GenerationSettings
+        from engine import models
+        from engine.generate import conditioning, weights
+        from engine.generate.synthesis import GenerationSettings
 
         plan, run_dir = self.plan, self.plan.run_dir
         setup = self.setup()
@@ -357,7 +358,7 @@ class Evaluator:
             wav = self.synthesizer.synthesize(text, latents, settings, plan.language).float().cpu()
             generated = time.perf_counter() - began
             wav_name = f"{index:02d}.wav"
-            from engine.audio import save_wav
+            from engine.speech.audio import save_wav
 
             save_wav(folder / wav_name, wav, models.OUTPUT_SAMPLE_RATE)
             began = time.perf_counter()
@@ -519,9 +520,9 @@ def follow(voice: str, run: str, trainer_pid: int, whisper_model: str | None = N
 
     Whisper models are never downloaded here: a model that is not on disk stops the evaluator
     with a message (the dataset step or ``engine evaluate`` downloads it)."""
-    from engine import transcribe
     from engine.config import TrainConfig
-    from engine.scoring import whisper_choice
+    from engine.speech import transcribe
+    from engine.speech.scoring import whisper_choice
 
     run_dir = paths.run_dir(voice, run)
     cfg = TrainConfig.load(run_dir / "train.yaml")

@@ -1,7 +1,7 @@
 """Manual changes to a prepared dataset, kept in ``datasets/<voice>/edits.json`` so that they
 survive running prepare again (after adding recordings, say).
 
-The user reviews the clips :func:`engine.dataset.prepare_dataset` made and may correct a
+The user reviews the clips :func:`engine.dataset.prepare.prepare_dataset` made and may correct a
 transcript, exclude a clip (a cough, a misread word) or restore it, or re-transcribe one clip
 with another Whisper model. An edit is keyed by what identifies a clip across runs of prepare:
 the SHA-256 of its recording and its start and end in that recording, in seconds to the
@@ -41,10 +41,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import paths, transcribe
-from engine.audio import AudioError, load_audio
+from engine import paths
 from engine.errors import TimbreError
 from engine.files import write_bytes_atomic
+from engine.speech import transcribe
+from engine.speech.audio import AudioError, load_audio
 
 EDITS_FILE = "edits.json"
 EDITS_VERSION = 1
@@ -366,7 +367,7 @@ def retranscribe_clip(
 
     Args:
         voice, audio_file: the clip (``"wavs/<name>.wav"``).
-        backend, whisper_model, language, device: as for :func:`engine.transcribe.transcribe`
+        backend, whisper_model, language, device: as for :func:`engine.speech.transcribe.transcribe`
             (None or ``"auto"`` language: detected).
 
     Returns:
@@ -375,7 +376,7 @@ def retranscribe_clip(
         ``words`` (``[text, probability]`` pairs) and ``seconds_taken``.
 
     Raises:
-        engine.transcribe.TranscriptionError: unknown backend.
+        engine.speech.transcribe.TranscriptionError: unknown backend.
         DatasetEditError: unknown clip, unreadable wav, a model that cannot be loaded, a failed
             transcription or one with no words (the clip's text is then unchanged).
         DatasetBusyError: while prepare runs.

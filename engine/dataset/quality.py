@@ -14,10 +14,10 @@ import statistics
 
 import torch
 
-from engine import dataset_edit
-from engine.audio import AudioError, load_audio, rms_dbfs
-from engine.clips import MAX_CLIP_SECONDS
-from engine.transcribe import Segment
+from engine.dataset import edit as dataset_edit
+from engine.dataset.clips import MAX_CLIP_SECONDS
+from engine.speech.audio import AudioError, load_audio, rms_dbfs
+from engine.speech.transcribe import Segment
 
 CLIPPING_LEVEL = 0.99
 """A sample at or above this share of full scale (-0.09 dBFS) counts as clipped."""
@@ -48,14 +48,14 @@ LOW_WORD_PROBABILITY = 0.5
 MISMATCH_CER = 0.25
 """A clip is flagged "text does not match audio" when the character error rate between its
 text and an independent re-transcription of its audio is above this (prepare also leaves such
-a clip out of training until the user restores it: ``engine.dataset_checks.MISMATCH_CER``)."""
+a clip out of training until the user restores it: ``engine.dataset.checks.MISMATCH_CER``)."""
 
 SPEAKER_SIMILARITY = 0.75
 """A clip is flagged "different speaker?" when prepare found it an outlier
-(``engine.speaker.speaker_outliers``: similarity of its speaker embedding to the median of the
+(``engine.speech.speaker.speaker_outliers``: similarity of its speaker embedding to the median of the
 voice's other clips below this, and well below the voice's usual similarity); for a report
 that records no verdict, when the similarity alone is below this. The value of
-``engine.speaker.SAME_SPEAKER_THRESHOLD``, where the measurements behind it are (the same
+``engine.speech.speaker.SAME_SPEAKER_THRESHOLD``, where the measurements behind it are (the same
 espeak-ng voice scores 0.79 or more from 1.25 s clips up, another voice at most 0.67)."""
 
 HISTOGRAM_BIN_SECONDS = 1.0
@@ -129,7 +129,7 @@ def quality_report(voice: str) -> dict:
       MAX_CLIP_SECONDS), ``counts`` (included clips per bin), ``min``, ``median``, ``max``, ``total`` (seconds; None without clips);
     * ``median_rms_dbfs`` of the included clips (None without clips);
     * ``per_clip``: one dict per clip in table order: ``audio_file``, ``split``, ``text``,
-      ``origin`` (as :func:`engine.dataset_edit.apply_edits`), ``duration``,
+      ``origin`` (as :func:`engine.dataset.edit.apply_edits`), ``duration``,
       ``rms_dbfs``, ``clipping`` (share 0-1), ``leading_silence``, ``trailing_silence``
       (seconds), ``avg_logprob``, ``low_words`` and ``flags``, short texts such as
       ``"clipping 0.4%"``, ``"quiet -8 dB"``, ``"silence at start 0.9 s"``,
@@ -144,7 +144,7 @@ def quality_report(voice: str) -> dict:
 
     Raises:
         engine.paths.InvalidNameError: bad voice name.
-        engine.dataset_edit.DatasetEditError: no prepared dataset, or an unreadable
+        engine.dataset.edit.DatasetEditError: no prepared dataset, or an unreadable
             report.json or edits.json.
     """
     clips = dataset_edit.list_clips(voice)
@@ -217,7 +217,7 @@ def _measure(clip: dict) -> dict:
     }
     if None in (row["rms_dbfs"], row["clipping"], row["leading_silence"], row["trailing_silence"]):
         try:
-            rate = 22_050  # the clips' rate (engine.dataset.SAMPLE_RATE, which imports this module)
+            rate = 22_050  # the clips' rate (engine.dataset.prepare.SAMPLE_RATE, which imports this module)
             samples = load_audio(clip["path"], rate, min_seconds=0.0, silence_dbfs=-math.inf)
             stats = clip_audio_stats(samples, rate)
             level = rms_dbfs(samples)

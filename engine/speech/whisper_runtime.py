@@ -1,7 +1,7 @@
 """Where Whisper runs: which backend and device a transcription uses (:func:`runtime`), the
 CUDA 12 libraries faster-whisper needs on a GPU (:func:`preload_cuda12_libraries`), and whether
 a model is on this machine without a download (:func:`is_model_local`). Used by
-:mod:`engine.transcribe`, which re-exports these names.
+:mod:`engine.speech.transcribe`, which re-exports these names.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 
 from engine import paths
 
-logger = logging.getLogger("engine.transcribe")
+logger = logging.getLogger("engine.speech.transcribe")
 
 
 def is_model_local(backend: str, model: str | None) -> bool:
-    """Whether ``model`` (:func:`engine.transcribe.resolve_model`) can be loaded without a download: a path that
+    """Whether ``model`` (:func:`engine.speech.transcribe.resolve_model`) can be loaded without a download: a path that
     exists, or a name already in ``models/<backend>/`` (faster-whisper: the hub cache there,
     checked with ``local_files_only``; openai-whisper: ``models/whisper/<name>.pt``)."""
-    from engine import transcribe
+    from engine.speech import transcribe
 
     name = transcribe.resolve_model(backend, model)
     if Path(name).exists():
@@ -84,7 +84,7 @@ def runtime(backend: str, model: str, device: str = "auto") -> tuple[str, str, s
     CPU; failing that, faster-whisper on the CPU. openai-whisper uses the GPU whenever torch sees
     one. Raises TranscriptionError for an unknown backend.
     """
-    from engine import transcribe
+    from engine.speech import transcribe
 
     transcribe.resolve_model(backend, None)  # raises TranscriptionError for an unknown backend
     if device != "auto":
