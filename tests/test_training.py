@@ -85,7 +85,7 @@ def test_ddp_two_gloo_processes_match_one_process(home, tiny_model):
 def test_freeze_keeps_parameters_buffers_and_dvae(home, tiny_model):
     from engine.models import load_dvae, load_xtts
     from engine.training import loop
-    from engine.training.runtime import freeze_groups
+    from engine.training.freezing import freeze_groups
 
     config = make_run("frozen", tiny_model, epochs=1, freeze=["transformer", "conditioning_encoder", "text_head"])
     dvae_before = {k: v.clone() for k, v in load_dvae(tiny_model).state_dict().items()}

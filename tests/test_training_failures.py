@@ -23,7 +23,7 @@ from TTS.tts.layers.xtts.gpt import GPT
 from engine import runs
 from engine.config import TrainConfig
 from engine.training import checkpoint as ckpt
-from engine.training import loop, runtime
+from engine.training import loop, reporting
 from engine.training.branch import branch_run
 
 
@@ -220,7 +220,7 @@ def test_fp16_overflow_halves_the_grad_scale_skips_the_update_and_resume_restore
         if n == 3:
             loss_mel.register_hook(lambda grad: grad * math.inf)
         if n == plan["stop_at"]:
-            (plan["run_dir"] / runtime.STOP_FILE).write_text("")  # the Stop button, during batch n
+            (plan["run_dir"] / reporting.STOP_FILE).write_text("")  # the Stop button, during batch n
         return loss_text, loss_mel
 
     calls = patch_training_forward(monkeypatch, overflow_on_third_batch)  # one call per batch below

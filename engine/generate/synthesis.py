@@ -323,11 +323,7 @@ def make_synthesizer(model_dir: str | Path | None = None, device=None):
     folder still to be downloaded), ``engine.models.f5.synthesizer.F5Synthesizer`` for F5-TTS."""
     model_dir = Path(model_dir) if model_dir else paths.default_base_model_dir()
     device = str(device) if device is not None else None
-    if models.family_of(model_dir) == "f5":
-        from engine.models.f5.synthesizer import F5Synthesizer
-
-        return F5Synthesizer(model_dir, device=device)
-    return Synthesizer(model_dir, device=device)
+    return models.get_family(models.family_of(model_dir)).make_synthesizer(model_dir, device=device)
 
 
 def _check_text(text: str, language: str | None = None) -> str:

@@ -99,3 +99,22 @@ class ModelFamily:
         features. Raises ``engine.training.data.DatasetCheckError`` / ``TrainingError`` naming
         the file and reason."""
         raise NotImplementedError
+
+    # ---- generation, export and import ---------------------------------------------------------
+    def make_synthesizer(self, model_dir: Path, device: str | None = None):
+        """A synthesizer of this family with engine.generate.synthesis.Synthesizer's interface
+        (``load``, ``conditioning``, ``synthesize``, ``stream``, ``warm_up``, ``unload``)."""
+        raise NotImplementedError
+
+    def export_run(self, voice: str, run: str, weights, out, report, log, **options) -> Path:
+        """Pack a run's checkpoint (``weights``: engine.generate.weights.ModelWeights) into the zip
+        ``out`` (None: engine.generate.export.export_path) that the family's own library loads."""
+        raise NotImplementedError
+
+    def is_export(self, members: set[str]) -> bool:
+        """Whether a zip with these member paths is an export of this family."""
+        raise NotImplementedError
+
+    def import_export(self, zip_path: Path, target: Path, log: Callable[[str], None]) -> Path:
+        """Unpack an export of this family into ``target`` (which does not exist yet)."""
+        raise NotImplementedError

@@ -37,7 +37,7 @@ from engine.config import TrainConfig
 from engine.errors import TimbreError
 from engine.models.family import ModelFamily, Trainee
 from engine.training import checkpoint as ckpt
-from engine.training import data, evaluation, memory, performance, precision, runtime
+from engine.training import data, distributed, evaluation, freezing, memory, performance, precision, reporting
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -110,9 +110,9 @@ class Run:
 
     cfg: TrainConfig
     run_dir: Path
-    env: runtime.DistEnv
+    env: distributed.DistEnv
     log: Callable[[str], None]
-    metrics: runtime.MetricsWriter
+    metrics: reporting.MetricsWriter
     family: ModelFamily
     trainee: Trainee
     model: torch.nn.Module  # trainee.module, wrapped in DDP under torchrun
@@ -149,10 +149,10 @@ def train(config_path: str | Path) -> int:
     """
     config_path = Path(config_path).resolve()
     run_dir = config_path.parent
-    stop = runtime.StopRequest(run_dir)  # first: a stop asked for while loading is kept
+    stop = reporting.StopRequest(run_dir)  # first: a stop asked for while loading is kept
     cfg = TrainConfig.load(config_path)
-    env = runtime.setup_distributed(use_gpu=cfg.gpus != 0)
-    log = runtime.RunLog(run_dir, env)
+    env = distributed.setup_distributed(use_gpu=cfg.gpus != 0)
+    log = reporting.RunLog(run_dir, env)
     status = {
         "state": "running",
         "step": 0,
@@ -160,7 +160,7 @@ def train(config_path: str | Path) -> int:
         "total_steps": None,
         "message": "starting",
     }
-    runtime.write_status(run_dir, env, **status)
+    reporting.write_status(run_dir, env, **status)
     try:
         code, message, step = _train(cfg, run_dir, env, log, status, stop)
     except Exception as exc:  # the run folder keeps everything; the reason goes to log and status
@@ -174,13 +174,13 @@ def train(config_path: str | Path) -> int:
     if code == EXIT_OK and message.startswith("stopped"):
         state = "stopped"
     status.update(state=state, step=step, message=message, exit_code=code)
-    runtime.write_status(run_dir, env, **status)
+    reporting.write_status(run_dir, env, **status)
     log(message)
-    runtime.teardown_distributed(env)
+    distributed.teardown_distributed(env)
     return code
 
 
-def record_memory(cfg: TrainConfig, base, env: runtime.DistEnv, micro_size: int, longest: float, log) -> bool:
+def record_memory(cfg: TrainConfig, base, env: distributed.DistEnv, micro_size: int, longest: float, log) -> bool:
     """After the first step on a GPU: keep what it took (engine.training.memory) for the batch
     suggestion of later runs. Never fails the run; returns True once tried."""
     try:
@@ -198,7 +198,7 @@ def record_memory(cfg: TrainConfig, base, env: runtime.DistEnv, micro_size: int,
 
 
 def _train(
-    cfg: TrainConfig, run_dir: Path, env: runtime.DistEnv, log, status: dict, stop: runtime.StopRequest
+    cfg: TrainConfig, run_dir: Path, env: distributed.DistEnv, log, status: dict, stop: reporting.StopRequest
 ) -> tuple[int, str, int]:
     # ---- config and environment --------------------------------------------------------------
     world = env.world_size
@@ -221,7 +221,7 @@ def _train(
     # ---- model and data (the family's), frozen groups ------------------------------------------
     trainee = family.trainee(cfg, base, env.device, log)
     check_dataset(cfg, trainee, log)
-    frozen = runtime.apply_freeze(trainee.freeze_groups, cfg.freeze)
+    frozen = freezing.apply_freeze(trainee.freeze_groups, cfg.freeze)
     plan = batch_plan(cfg, trainee.train_set, world)
     steps_per_epoch = len(plan(0))
     total_steps = steps_per_epoch * cfg.epochs
@@ -237,13 +237,13 @@ def _train(
             raise TrainingError(f"gradient_checkpointing: {family.title} has none; set it to false")
         trainee.enable_gradient_checkpointing(module)
     optimizer = performance.make_optimizer(
-        runtime.optimizer_groups(module, cfg.weight_decay), cfg.optimizer, env.device, cfg.learning_rate
+        freezing.optimizer_groups(module, cfg.weight_decay), cfg.optimizer, env.device, cfg.learning_rate
     )
     log(performance.describe(optimizer, module, env.device, cfg.gradient_checkpointing))
     scheduler = make_scheduler(cfg, optimizer, total_steps)
     ema = make_ema(module, cfg.ema_decay) if cfg.ema_decay else None
     run = Run(
-        cfg=cfg, run_dir=run_dir, env=env, log=log, metrics=runtime.MetricsWriter(run_dir, env), family=family,
+        cfg=cfg, run_dir=run_dir, env=env, log=log, metrics=reporting.MetricsWriter(run_dir, env), family=family,
         trainee=trainee,
         model=module, frozen=frozen, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16"),
@@ -272,7 +272,7 @@ def _train(
         + f" = {state.gradient_accumulation} accumulation x {world} processes"
         + ("" if cfg.batch_frames else f" x {state.micro_batch_size} clips"))  # fmt: skip
     status.update(step=state.step, epoch=run.epoch_position(), message="training")
-    runtime.write_status(run_dir, env, **status)
+    reporting.write_status(run_dir, env, **status)
     if state.step >= total_steps:
         return EXIT_OK, f"finished: already at step {state.step} of {total_steps}", state.step
 
@@ -291,8 +291,8 @@ def _train(
             elapsed = time.perf_counter() - started
             status.update(step=state.step, epoch=run.epoch_position(), skipped_steps=state.skipped_steps,
                           samples_per_second=len(batch) / elapsed)  # fmt: skip
-            runtime.write_status(run_dir, env, **status)
-            if runtime.any_rank(stop.requested(), env):
+            reporting.write_status(run_dir, env, **status)
+            if distributed.any_rank(stop.requested(), env):
                 save(run, "stop requested")
                 stop.clear()
                 return EXIT_OK, f"stopped at step {state.step}", state.step
@@ -424,13 +424,13 @@ def train_step(run: Run, batch: list[int], status: dict, clock) -> tuple[bool, t
     ``diverged`` is the loop's return value when the run must stop as diverged, else None."""
     cfg, state, env = run.cfg, run.state, run.env
     started = clock()
-    runtime.set_train_mode(run.trainee.module, run.frozen)
+    freezing.set_train_mode(run.trainee.module, run.frozen)
     terms = backward_with_oom_recovery(run, batch)
     run.scaler.unscale_(run.optimizer)
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
     names = sorted(terms)
-    averaged = runtime.all_mean([terms[n] for n in names] + [float(grad_norm)], run.env)
+    averaged = distributed.all_mean([terms[n] for n in names] + [float(grad_norm)], run.env)
     terms, grad_norm_mean = dict(zip(names, averaged[:-1], strict=True)), averaged[-1]
     loss_value = terms.pop("loss")
     # With fp16 an overflowing gradient is the grad scaler's business: it skips that update and
@@ -583,7 +583,7 @@ def validate(run: Run) -> None:
                 sums[name] = sums.get(name, 0.0) + value.item() * len(samples)
             count += len(samples)
     names = ["loss", *run.family.loss_terms]  # the same on every rank, with or without clips
-    totals = runtime.all_mean([sums.get(n, 0.0) for n in names] + [float(count)], env)
+    totals = distributed.all_mean([sums.get(n, 0.0) for n in names] + [float(count)], env)
     terms = {n: totals[i] / max(totals[-1], 1e-9) for i, n in enumerate(names)}
     loss = terms.pop("loss")
     run.metrics.write({"step": state.step, "epoch": run.epoch_position(), "split": "validation", **terms,
@@ -640,7 +640,7 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def check_ranks_agree(gpt, env: runtime.DistEnv) -> None:
+def check_ranks_agree(gpt, env: distributed.DistEnv) -> None:
     """Raise TrainingError unless every rank holds the same GPT weights (DDP keeps them equal;
     a mismatch means the ranks trained apart)."""
     checksum = torch.stack([p.detach().double().sum() for p in gpt.parameters()]).sum().reshape(1)

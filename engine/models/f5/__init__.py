@@ -108,6 +108,25 @@ class F5Family(ModelFamily):
 
         return build_trainee(cfg, Path(base), device, log)
 
+    def make_synthesizer(self, model_dir: Path, device: str | None = None):
+        from engine.models.f5.synthesizer import F5Synthesizer
+
+        return F5Synthesizer(model_dir, device=device)
+
+    def export_run(self, voice: str, run: str, weights, out, report, log, **options) -> Path:
+        """engine.models.f5.export.export_run (the checkpoint's EMA weights when it has them)."""
+        from engine.models.f5 import export
+
+        return export.export_run(voice, run, weights, out, report, log)
+
+    def is_export(self, members: set[str]) -> bool:
+        return "vocab.txt" in members and "model.pth" not in members
+
+    def import_export(self, zip_path: Path, target: Path, log) -> Path:
+        from engine.models.f5 import export
+
+        return export.import_model(zip_path, target)
+
 
 FAMILY = F5Family()
 

@@ -21,6 +21,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -169,3 +170,57 @@ def read_card(zip_path: Path) -> str:
             return io.TextIOWrapper(archive.open(MODEL_CARD), encoding="utf-8").read()
         except KeyError:
             return ""
+
+
+def export_run(voice: str, run: str, weights, out, report, log, **_options) -> Path:
+    """An F5-TTS run's checkpoint as a zip that f5_tts's own loaders read
+    (engine.models.f5.export: model.safetensors, vocab.txt, model.yaml, vocoder/, MODEL_CARD.md);
+    the checkpoint's EMA weights when it has them."""
+    from safetensors.torch import load_file
+
+    from engine import models, paths, runs
+    from engine.config import TrainConfig
+    from engine.generate.export import dataset_size, export_path, final_metrics, loss_line, scores_section
+
+    ema_file = weights.gpt.parent / runs.EMA_FILE
+    ema = ema_file.is_file()
+    state = load_file(str(ema_file if ema else weights.gpt))
+    out = Path(out) if out else export_path(voice, run, weights.checkpoint)
+    run_dir = paths.run_dir(voice, run)
+    config = TrainConfig.load(run_dir / "train.yaml")
+    metrics, size = final_metrics(run_dir), dataset_size(voice)
+    base = (
+        "a random test model with the F5-TTS layout" if files.is_random_model(weights.model_dir) else "F5-TTS v1 Base"
+    )
+    batch = f"{config.batch_frames} frames per GPU" if config.batch_frames else f"{config.batch_size} clips"
+    card = f"""# {voice}: a fine-tuned F5-TTS voice
+
+Run `{run}` of voice `{voice}` at checkpoint `{weights.checkpoint}` ({"EMA" if ema else "raw"} weights), exported by
+Timbre on {time.strftime("%Y-%m-%d %H:%M")}. Base model: {base} (`{weights.model_dir.name}`).
+
+## Licence
+
+**{models.get_family("f5").license_name}**: the F5-TTS v1 weights and this fine-tune of them, and the
+speech they make, may be used for **non-commercial purposes only**, with attribution. Code: f5-tts (MIT);
+vocoder: Vocos (MIT).
+
+## Training
+
+| Setting | Value |
+|---|---|
+| Steps | {metrics["step"]} ({metrics["state"]}) |
+| Epochs | {config.epochs} |
+| Batch | {batch} x {config.gradient_accumulation} accumulation |
+| Learning rate | {config.learning_rate:g} ({config.lr_schedule}) |
+| EMA decay | {config.ema_decay:g} |
+| Precision | {config.precision} |
+| Final training loss | {loss_line(metrics["train"])} |
+| Final validation loss | {loss_line(metrics["validation"])} |
+| Dataset (at export) | {size["train_clips"]} training + {size["validation_clips"]} validation clips, {size["seconds"]:.1f} s |
+{scores_section(run_dir, weights.checkpoint)}
+"""
+    report(0.3, "writing the zip")
+    export_model(weights.model_dir, state, out, card, ema=ema)
+    report(1.0, "done")
+    log(f"exported {voice}/{run} {weights.checkpoint} to {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out

@@ -85,6 +85,26 @@ class XttsFamily(ModelFamily):
             info=f"features cached ({features.hits} hits, {features.misses} computed)",
         )  # fmt: skip
 
+    def make_synthesizer(self, model_dir: Path, device: str | None = None):
+        from engine.generate.synthesis import Synthesizer
+
+        return Synthesizer(model_dir, device=device)
+
+    def export_run(self, voice: str, run: str, weights, out, report, log, **options) -> Path:
+        """engine.models.xtts.export.export_run (``references``, ``synthesizer`` options)."""
+        from engine.models.xtts import export
+
+        return export.export_run(voice, run, weights, out, report, log, **options)
+
+    def is_export(self, members: set[str]) -> bool:
+        """Any XTTS-v2 file (an incomplete one is refused by :meth:`import_export`, naming what lacks)."""
+        return bool(members & set(files.REQUIRED_FILES))
+
+    def import_export(self, zip_path: Path, target: Path, log: Callable[[str], None]) -> Path:
+        from engine.models.xtts import export
+
+        return export.import_export(zip_path, target, log)
+
 
 def freeze_groups(gpt) -> dict[str, list[torch.nn.Module]]:
     """The named module groups of coqui's XTTS GPT that ``freeze:`` may list."""
