@@ -20,7 +20,7 @@ from engine.errors import TimbreError
 GENERATION_OPTIONS = {
     "temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float, "length_penalty": float,
     "speed": float, "seed": int, "max_seconds": float, "split_sentences": bool, "nfe_step": int,
-    "cfg_strength": float, "sway_sampling_coef": float,
+    "cfg_strength": float, "sway_sampling_coef": float, "use_ema": bool,
 }  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def test_generate_records_the_settings_given_on_the_command_line(cli_home, tiny_
     assert settings == {
         "temperature": 0.5, "top_k": 20, "top_p": 0.7, "repetition_penalty": 3.0, "length_penalty": 1.5,
         "speed": 1.25, "seed": 5, "max_seconds": 0.5, "split_sentences": False,
-        "nfe_step": 32, "cfg_strength": 2.0, "sway_sampling_coef": -1.0,  # F5-TTS's, at their defaults
+        "nfe_step": 32, "cfg_strength": 2.0, "sway_sampling_coef": -1.0, "use_ema": True,  # F5-TTS's defaults
     }  # fmt: skip
 
 

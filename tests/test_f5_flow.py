@@ -143,6 +143,13 @@ def test_f5_cli_flow(f5_home: Path, faster_whisper_model_path: str):
             "--out", wav2], home)  # fmt: skip
     assert read_wav(wav2)[1] == 24000
 
+    # a new run from a checkpoint's weights (branch) trains from them
+    first = runs.list_checkpoints(straight.parent)[0].path.name
+    engine(["branch", "anna", "straight", "branched", "--checkpoint", first], home)
+    branched = home / "training" / "anna" / "branched" / "train.yaml"
+    assert yaml.safe_load(branched.read_text())["family"] == "f5"
+    assert "started from the weights in" in engine(["train", branched], home).stdout
+
     # the checkpoint scorer works unchanged for the second family
     result = engine(["evaluate", "anna", "straight", "--sentences", "2", "--whisper-model", faster_whisper_model_path,
                      "--device", "cpu"], home)  # fmt: skip

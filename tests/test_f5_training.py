@@ -82,6 +82,19 @@ def test_ema_is_saved_and_resumed_exactly(module_home, tiny_f5_model):
     state = torch.load(last_a.path / "state.pt", weights_only=True)
     assert state["ema_updates"] == last_a.step
 
+    # generation speaks with the EMA weights, or with the raw ones when asked
+    from engine.generate import synthesis as generate
+    from engine.speech.audio import load_audio
+
+    spoken = {
+        use_ema: load_audio(generate.generate_speech(
+            "anna", "Hello there.", run="f5-ema", log=lambda line: None,
+            settings=generate.GenerationSettings(seed=1, nfe_step=4, use_ema=use_ema),
+        ), 24000)
+        for use_ema in (True, False)
+    }  # fmt: skip
+    assert spoken[True].numel() > 0 and not torch.equal(spoken[True], spoken[False])
+
 
 def test_warmup_then_linear_decay(module_home, tiny_f5_model):
     config = f5_run("f5-lr", tiny_f5_model, epochs=4, learning_rate=1e-3)

@@ -85,6 +85,11 @@ class GenerationSettings:
     sway_sampling_coef: float = _setting(
         -1.0, "F5-TTS: sway sampling of the time steps (F5's default -1.0 spends more steps early on)."
     )
+    use_ema: bool = _setting(
+        True,
+        "F5-TTS: speak with the checkpoint's EMA weights when it has them (a run with ema_decay); off: the "
+        "raw weights.",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.temperature <= 5:

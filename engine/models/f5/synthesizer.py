@@ -39,27 +39,39 @@ class F5Synthesizer:
         self.model = None  # no XTTS model: scoring skips XTTS's own speaker encoder
         self.weights = None
         self.loads = 0
-        self._state: dict[str, torch.Tensor] | None = None
+        self._files: dict[bool, Path] = {}  # use_ema -> the checkpoint's weights file
+        self._states: dict[bool, dict[str, torch.Tensor]] = {}
         self._identity: str | None = None
 
     def load(self, weights, log: Callable[[str], None] = print):
         """Use ``weights`` (engine.generate.weights.ModelWeights): its folder and, for a run, the
-        checkpoint's weights (its EMA, ema.safetensors, when the checkpoint has one)."""
-        from safetensors.torch import load_file
-
+        checkpoint's weights; its EMA weights (ema.safetensors) too when it has them, chosen per
+        call by the settings' ``use_ema``."""
         identity = f"{weights.model_dir}|{weights.gpt}"
         if identity != self._identity:
-            self._state = None
+            self._states = {}
+            self._files = {}
             if weights.gpt is not None:
                 ema = Path(weights.gpt).parent / runs.EMA_FILE
-                source = ema if ema.is_file() else Path(weights.gpt)
-                self._state = load_file(str(source))
-                log(f"using the {'EMA ' if ema.is_file() else ''}weights of {weights.model} {weights.checkpoint or ''}")
+                self._files = {False: Path(weights.gpt), **({True: ema} if ema.is_file() else {})}
+                log(f"using the weights of {weights.model} {weights.checkpoint or ''}"
+                    + (" (EMA weights available)" if ema.is_file() else ""))  # fmt: skip
             self.loads += 1
             self._identity = identity
         self.weights = weights
         self.model_dir = Path(weights.model_dir)
         return None
+
+    def _state(self, use_ema: bool) -> dict[str, torch.Tensor] | None:
+        """The checkpoint's weights to speak with (None: the folder's own), read once."""
+        if not self._files:
+            return None
+        key = use_ema and True in self._files
+        if key not in self._states:
+            from safetensors.torch import load_file
+
+            self._states[key] = load_file(str(self._files[key]))
+        return self._states[key]
 
     def conditioning(self, references: list[Path], cache_dir: Path | None = None, log: Callable[[str], None] = print):
         """``[(reference wav, its transcript)]`` for ``references`` (files of a voice). Raises
@@ -81,7 +93,7 @@ class F5Synthesizer:
         """1-D float32 audio at 24 kHz (engine.models.f5.generate.synthesize with the settings'
         nfe_step, cfg_strength, sway_sampling_coef, speed and seed)."""
         audio, _rate = synthesize(
-            self.model_dir, self._state, references, text, nfe_step=settings.nfe_step,
+            self.model_dir, self._state(getattr(settings, "use_ema", True)), references, text, nfe_step=settings.nfe_step,
             cfg_strength=settings.cfg_strength, sway_sampling_coef=settings.sway_sampling_coef,
             speed=settings.speed, seed=settings.seed, device=self.device, log=lambda line: None,
         )  # fmt: skip
@@ -95,7 +107,7 @@ class F5Synthesizer:
         return 0.0
 
     def unload(self) -> None:
-        self._state, self._identity, self.weights = None, None, None
+        self._files, self._states, self._identity, self.weights = {}, {}, None, None
 
 
 def _key(path) -> str:
