@@ -72,6 +72,7 @@ class BatchSuggestion:
     gradient_accumulation: int
     gpus: int
     reason: str
+    batch_frames: int = 0  # F5-TTS: mel frames per GPU (0: batches count clips)
 
 
 def gpu_memory(timeout: float = 60.0) -> list[GpuMemory]:
@@ -101,6 +102,49 @@ def micro_batch_for_memory(free_gib: float, precision: str = "fp32") -> int:
     bf16/fp16)``, capped at :data:`MAX_MICRO_BATCH`."""
     per_clip = PER_CLIP_GIB.get(precision, PER_CLIP_GIB["fp32"])
     return max(1, min(MAX_MICRO_BATCH, math.floor((free_gib - STATIC_GIB) / per_clip)))
+
+
+#: F5-TTS, batches in mel frames (24 kHz, hop 256: 93.75 frames per second). Rule of thumb from
+#: the F5-TTS paper (arXiv:2410.06885: 38,400 frames per 80 GB A100, mixed precision): about 6 GiB
+#: for the 336 M-parameter model with AdamW, then 500 frames per GiB with bf16/fp16, half at fp32.
+F5_STATIC_GIB = 6.0
+F5_FRAMES_PER_GIB = {"fp32": 250, "bf16": 500, "fp16": 500}
+F5_FRAMES_PER_SECOND = 24000 / 256
+#: The recipe's frames per GPU (f5_tts/train/finetune_cli.py), suggested on the CPU; at most the paper's.
+F5_RECIPE_FRAMES = 3200
+F5_MAX_FRAMES = 38400
+
+
+def suggest_frames(gpus: list[GpuMemory], precision: str = "fp32", measured: dict | None = None,
+                   max_seconds: float = 30.0) -> BatchSuggestion:  # fmt: skip
+    """``batch_frames`` (mel frames per GPU, F5-TTS) for the GPU with the least free memory: from
+    ``measured`` (an earlier run's first step on this GPU model, engine.training.memory: ``static_gib``
+    + ``per_clip_gib`` per clip of ``max_seconds``) when given, else :data:`F5_FRAMES_PER_GIB`.
+    Rounded down to a multiple of 100, at least 500 and at most :data:`F5_MAX_FRAMES`. Without a
+    GPU: the recipe's 3200 frames."""
+    if not gpus:
+        return BatchSuggestion(
+            CPU_BATCH, 1, 0,
+            f"No GPU found: training runs on the CPU, which is very slow with the real F5-TTS model. "
+            f"Suggested batch_frames {F5_RECIPE_FRAMES} (the authors' fine-tuning recipe).",
+            batch_frames=F5_RECIPE_FRAMES,
+        )  # fmt: skip
+    smallest = min(gpus, key=lambda g: g.free_bytes)
+    if measured:
+        per_frame = max(measured["per_clip_gib"], 1e-3) / max(max_seconds * F5_FRAMES_PER_SECOND, 1.0)
+        static = measured["static_gib"]
+        basis = f"measured on this GPU by an earlier run: {static:.1f} GiB + {per_frame * 1000:.2f} GiB per 1000 frames"
+    else:
+        per_frame, static = 1 / F5_FRAMES_PER_GIB.get(precision, 250), F5_STATIC_GIB
+        basis = f"rule of thumb: {static:g} GiB + 1 GiB per {F5_FRAMES_PER_GIB.get(precision, 250)} frames"
+    frames = int((smallest.free_gib - static) / per_frame) // 100 * 100
+    frames = max(500, min(F5_MAX_FRAMES, frames))
+    found = ", ".join(f"GPU {g.index} {g.name}: {g.free_gib:.1f} of {g.total_gib:.1f} GiB free" for g in gpus)
+    reason = (
+        f"{found}. About {frames} mel frames ({frames / F5_FRAMES_PER_SECOND:.0f} s of audio) per GPU fit at "
+        f"{precision} ({basis}); suggested batch_frames {frames}, gradient_accumulation 1 x {len(gpus)} GPU(s)."
+    )
+    return BatchSuggestion(CPU_BATCH, 1, len(gpus), reason, batch_frames=frames)
 
 
 def suggest_batch(gpus: list[GpuMemory], n_train_clips: int, precision: str = "fp32",

@@ -36,6 +36,7 @@ def test_f5_run_from_the_training_tab(f5_home, tiny_f5_model, tiny_model, page, 
         page.get_by_role("button", name="Losses").click()
         expect(page.locator("#train-freeze")).to_contain_text("transformer_blocks")
         expect(page.locator("#training-yaml")).to_contain_text("family: f5")
+        expect(page.locator("#training-suggestion")).to_contain_text("batch_frames 3200")  # F5 counts frames
 
         # an XTTS-v2 folder typed in: the form becomes XTTS's, and back again
         base = textbox(page, "train-base-model")

@@ -6,7 +6,7 @@ import pytest
 
 from engine import hardware
 from engine.config import ConfigError, TrainConfig, check_against_dataset, count_dataset_clips
-from engine.hardware import GpuMemory, suggest_batch
+from engine.hardware import GpuMemory, suggest_batch, suggest_frames
 
 GIB = 1024**3
 
@@ -72,6 +72,20 @@ def test_suggest_batch():
     for suggestion in (cpu, small, big, tiny_dataset):
         gpus = max(1, suggestion.gpus)
         assert suggestion.batch_size % (suggestion.gradient_accumulation * gpus) == 0
+
+
+def test_suggest_frames_for_f5():
+    cpu = suggest_frames([], "fp32")
+    assert cpu.batch_frames == 3200 and "No GPU found" in cpu.reason
+    card = [GpuMemory(0, "RTX 4090", int(22 * GIB), 24 * GIB)]
+    rule_fp32, rule_bf16 = suggest_frames(card, "fp32"), suggest_frames(card, "bf16")
+    assert rule_fp32.batch_frames == 4000 and rule_bf16.batch_frames == 8000  # (22 - 6) GiB x 250 / x 500
+    assert "RTX 4090: 22.0 of 24.0 GiB free" in rule_bf16.reason and rule_bf16.gpus == 1
+    # an earlier run measured 2 GiB static + 3 GiB per 30 s clip (2812.5 frames): 20 GiB / (3 / 2812.5)
+    measured = suggest_frames(card, "bf16", {"static_gib": 2.0, "per_clip_gib": 3.0}, max_seconds=30.0)
+    assert measured.batch_frames == 18700 and "measured" in measured.reason
+    assert suggest_frames([GpuMemory(0, "small", 4 * GIB, 6 * GIB)], "fp32").batch_frames == 500  # the floor
+    assert suggest_frames([GpuMemory(0, "H200", 140 * GIB, 141 * GIB)], "bf16").batch_frames == 38400  # the cap
 
 
 def test_gpu_memory_without_cuda(monkeypatch):

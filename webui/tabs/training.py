@@ -319,7 +319,9 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     def on_apply(values):
         suggestion = tform.batch_suggestion(named(values, form), values[ui["voice"]], probe["gpus"] or [])
         gpus = suggestion.gpus if suggestion.gpus else values[form["gpus"]]
-        return suggestion.batch_size, suggestion.gradient_accumulation, gpus
+        if suggestion.batch_frames:  # F5-TTS: frames per GPU; the clip count stays as it is
+            return values[form["batch_size"]], suggestion.gradient_accumulation, gpus, suggestion.batch_frames
+        return suggestion.batch_size, suggestion.gradient_accumulation, gpus, values[form["batch_frames"]]
 
     def on_start(values):
         voice, run = values[ui["voice"]], values[ui["run_name"]]
@@ -378,6 +380,7 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     form["family"].change(
         on_family_view, [form["family"], form["freeze"]], [form[name] for name in view_names], show_progress="hidden"
     )
+    form["family"].change(on_suggest, config_inputs, ui["suggestion"], show_progress="hidden")  # clips or frames
     gr.on(  # typed in: when the box is left or Enter is pressed
         [form["base_model"].blur, form["base_model"].submit], on_base_model,
         [form["base_model"], form["family"], form["freeze"]], [form["family"], *family_outputs], show_progress="hidden",
@@ -390,8 +393,9 @@ def _wire(ctx: TabContext, ui: dict) -> None:
     )
     ctx.blocks.load(on_config, config_inputs, [ui["yaml"], ui["checks"]], show_progress="hidden")
     ui["apply_suggestion"].click(
-        on_apply, config_inputs, [form["batch_size"], form["gradient_accumulation"], form["gpus"]]
-    )
+        on_apply, config_inputs,
+        [form["batch_size"], form["gradient_accumulation"], form["gpus"], form["batch_frames"]],
+    )  # fmt: skip
     ui["timer"].tick(on_tick, watched, live, trigger_mode="once", **monitor_events)
     ui["eval_listen"].input(on_listen, [ui["voice"], ui["run_name"], ui["eval_listen"]], ui["eval_grid"])
     ui["start"].click(on_start, config_inputs, ui["runs"]).then(on_change, watched, live, **monitor_events)

@@ -288,6 +288,9 @@ def batch_suggestion(form: dict, voice: str | None, gpus: list[hardware.GpuMemor
         optimizer = form.get("optimizer") if form.get("optimizer") in OPTIMIZERS else "adamw"
         measured = training_memory.lookup(min(gpus, key=lambda g: g.free_bytes).name, model_dir, precision,
                                           optimizer, bool(form.get("gradient_checkpointing")))  # fmt: skip
+    if form.get("family") == "f5":  # F5-TTS counts its batches in mel frames
+        max_seconds = float(form.get("max_audio_seconds") or 30.0)
+        return hardware.suggest_frames(gpus, precision, measured, max_seconds)
     return hardware.suggest_batch(gpus, counts[0], precision, measured)
 
 
