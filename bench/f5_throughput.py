@@ -45,14 +45,23 @@ import importlib.metadata
 import json
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.train_throughput import SEED, VOICE, ChildRun, require_ok, run_child, steady_state, write_dataset
+from bench.train_throughput import (
+    SEED,
+    VOICE,
+    ChildRun,
+    print_report,
+    require_ok,
+    run_child,
+    scratch,
+    steady_state,
+    write_dataset,
+)
 
 #: f5_tts's mel frames: 24 kHz, hop 256 (engine.models.f5.files.MEL_SPEC).
 SAMPLE_RATE = 24000
@@ -379,8 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     offline = {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env = dict(os.environ, TIMBRE_HOME=str(home), PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
                OMP_NUM_THREADS=str(args.threads), **offline)  # fmt: skip
-    ok = False
-    try:
+    with scratch(workdir, args.keep, f" (logs in {logs})"):
         from engine.models import get_family
 
         print(f"writing the tiny F5-TTS model and {args.clips} espeak-ng clips in {workdir}", flush=True)
@@ -399,16 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         for data in f5_data:
             print(f"f5_tts Trainer ({data}): training", flush=True)
             report["loops"][f"f5 Trainer ({data})"] = measure_f5(model_dir, args, env, logs, data)
-        print()
-        print(format_report(report))
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
-        ok = True
-    finally:
-        if args.keep or not ok:
-            print(f"\nkept {workdir} (logs in {logs})")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        print_report(format_report(report), report, args.json)
     return 0
 
 

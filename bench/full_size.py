@@ -36,7 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.train_throughput import VOICE, ChildRun, machine, memory, require_ok, run_child, write_dataset
+from bench.train_throughput import (
+    VOICE,
+    ChildRun,
+    machine,
+    memory,
+    print_report,
+    require_ok,
+    run_child,
+    scratch,
+    write_dataset,
+)
 
 RUN = "full"
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -287,21 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--clips must be at least 4 (the trainer's min_training_clips)")
     workdir = Path(tempfile.mkdtemp(prefix="timbre-full-size-"))
     print(f"working in {workdir}", flush=True)
-    ok = False
-    try:
+    with scratch(workdir, args.keep):
         started = time.time()
         report = measure(args, workdir)
         report["total_seconds"] = round(time.time() - started, 1)
-        print()
-        print(format_report(report))
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
-        ok = True
-    finally:
-        if args.keep or not ok:
-            print(f"\nkept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        print_report(format_report(report), report, args.json)
     return 0
 
 

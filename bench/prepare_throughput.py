@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.train_throughput import print_report, scratch
+
 VOICE = "bench"
 SEED = 1234
 ESPEAK_RATE = 22_050  # espeak-ng writes 22 050 Hz mono 16-bit
@@ -96,7 +98,6 @@ SENTENCES = (
     "Let's try again tomorrow.",
     "The weather forecast promised sunshine, but the clouds stayed over the town all afternoon.",
 )
-
 
 # --------------------------------------------------------------------------------------------
 # Inputs: recordings and model
@@ -450,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="timbre-prepare-bench-"))
     home = workdir / "home"
     os.environ["TIMBRE_HOME"] = str(home)  # before any engine module runs
-    ok = False
-    try:
+    with scratch(workdir, args.keep):
         if args.multilingual:
             model = base_model(workdir / "whisper-base")
         else:
@@ -479,16 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         report["plain"] = measure_plain(str(model), files, None if args.language == "auto" else args.language)
         print("(c) prepare again, everything cached", flush=True)
         report["prepare_cached"] = measure_prepare(str(model), args.language, prepare_stages())
-        print()
-        print(format_report(report))
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
-        ok = True
-    finally:
-        if args.keep or not ok:
-            print(f"\nkept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        print_report(format_report(report), report, args.json)
     return 0
 
 

@@ -33,6 +33,7 @@ each, shared pages split), and on CUDA ``torch.cuda.max_memory_allocated``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -243,6 +244,29 @@ def run_child(argv: list[str], env: dict, log: Path, result: Path, timeout: floa
     others = max(0.0, _busy_cpu_seconds() - busy_before - cpu) / max(ended - launched, 1e-9)
     child_result = json.loads(result.read_text()) if result.is_file() else {}
     return ChildRun(proc.returncode, launched, ended, usage.ru_maxrss, peak[0], cpu, others, log, child_result)
+
+
+@contextlib.contextmanager
+def scratch(workdir: Path, keep: bool, where: str = ""):
+    """Run a benchmark inside ``workdir``: removed afterwards, kept (and named, with ``where``)
+    with ``--keep`` or when the benchmark failed."""
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if keep or not ok:
+            print(f"\nkept {workdir}{where}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_report(text: str, report: dict, json_path: Path | None) -> None:
+    """Print a benchmark's formatted report, and write ``report`` as JSON to ``json_path`` if given."""
+    print()
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1) + "\n")
 
 
 def require_ok(run: ChildRun, what: str) -> None:
@@ -516,8 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         env["CUDA_VISIBLE_DEVICES"] = ""
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    ok = False
-    try:
+    with scratch(workdir, args.keep, f" (logs in {logs})"):
         started = time.time()
         print(f"writing the {args.model} model and {args.clips} espeak-ng clips in {workdir}", flush=True)
         model_dir = write_model(workdir / f"model-{args.model}", args.model)
@@ -539,16 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: training", flush=True)
         report["loops"][name] = measure_coqui(model_dir, args, env, logs, args.threads)
         report["total_seconds"] = time.time() - started
-        print()
-        print(format_report(report))
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
-        ok = True
-    finally:
-        if args.keep or not ok:
-            print(f"\nkept {workdir} (logs in {logs})")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        print_report(format_report(report), report, args.json)
     return 0
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -82,3 +83,50 @@ def _sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Unpacking a model zip: a folder appears whole or not at all
+
+
+def zip_members(
+    archive: zipfile.ZipFile, source: Path, error: type[Exception] = ValueError
+) -> dict[str, zipfile.ZipInfo]:
+    """Regular-file members of ``archive`` by their path below the model's root (the zip root, or
+    its one top folder). Raises ``error`` naming ``source`` for absolute or ``..`` paths,
+    backslashes and links (zip-slip)."""
+    files = {}
+    for info in archive.infolist():
+        name = PurePosixPath(info.filename)
+        is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+        if name.is_absolute() or ".." in name.parts or "\\" in info.filename or is_link:
+            raise error(f"{source.name}: unsafe member {info.filename!r}")
+        if not info.is_dir():
+            files[str(name)] = info
+    tops = {name.split("/", 1)[0] for name in files}
+    if len(tops) == 1 and "/" in next(iter(files), ""):
+        top = tops.pop() + "/"
+        files = {name[len(top) :]: info for name, info in files.items() if name.startswith(top)}
+    return files
+
+
+def unpack_atomic(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], target: Path,
+                  check: Callable[[Path], None]) -> Path:  # fmt: skip
+    """Unpack ``members`` (:func:`zip_members`) into a hidden folder beside ``target``, call
+    ``check(folder)`` (which raises when the model inside cannot be used), then rename the folder
+    to ``target``; returns ``target``. On any failure the hidden folder is removed and ``target``
+    is never half there. Raises what ``check`` raises, OSError (disk full; ``target`` taken)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.import-"))
+    try:
+        for member, info in members.items():
+            destination = staging / member
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as source, open(destination, "wb") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+        check(staging)
+        os.rename(staging, target)  # fails rather than merge if the name was taken meanwhile
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

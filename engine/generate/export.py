@@ -15,10 +15,11 @@ import os
 import wave
 import zipfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from engine import models, paths, runs
 from engine.errors import TimbreError
+from engine.files import zip_members
 from engine.generate import synthesis as generate
 
 EXPORTS_DIR = "exports"
@@ -152,22 +153,8 @@ def export_model(
 
 
 def safe_members(archive: zipfile.ZipFile, source: Path) -> dict[str, zipfile.ZipInfo]:
-    """Regular-file members by their path below the model's root (the zip root, or its one top
-    folder). Raises ExportError for absolute or ``..`` paths and links (zip-slip)."""
-    files = {}
-    for info in archive.infolist():
-        name = PurePosixPath(info.filename)
-        is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-        if name.is_absolute() or ".." in name.parts or "\\" in info.filename or is_link:
-            raise ExportError(f"{source.name}: unsafe member {info.filename!r}")
-        if not info.is_dir():
-            files[str(name)] = info
-    if "config.json" not in files:
-        tops = {name.split("/", 1)[0] for name in files}
-        if len(tops) == 1 and "/" in next(iter(files), ""):
-            top = tops.pop() + "/"
-            files = {name[len(top) :]: info for name, info in files.items() if name.startswith(top)}
-    return files
+    """:func:`engine.files.zip_members`, raising ExportError for an unsafe member (zip-slip)."""
+    return zip_members(archive, source, ExportError)
 
 
 def import_model(

@@ -76,15 +76,11 @@ class GenerationSettings:
         "Split text longer than the language's limit (250 characters in English) at sentence ends and speak "
         "each part (coqui's text splitting); off, longer text may come out cut short.",
     )
-    nfe_step: int = _setting(
-        32, "F5-TTS: ODE steps of the flow-matching sampler (function evaluations; F5's default 32)."
-    )
+    nfe_step: int = _setting(32, "F5-TTS: ODE steps of the flow-matching sampler (F5's default 32).")
     cfg_strength: float = _setting(
         2.0, "F5-TTS: classifier-free guidance strength (F5's default 2.0): higher follows the text more closely."
     )
-    sway_sampling_coef: float = _setting(
-        -1.0, "F5-TTS: sway sampling of the time steps (F5's default -1.0 spends more steps early on)."
-    )
+    sway_sampling_coef: float = _setting(-1.0, "F5-TTS: sway sampling of the time steps (F5's default -1.0).")
     use_ema: bool = _setting(
         True,
         "F5-TTS: speak with the checkpoint's EMA weights when it has them (a run with ema_decay); off: the "

@@ -194,6 +194,31 @@ def unknown_characters(text: str, tokenizer, language: str) -> list[str]:
     return bad
 
 
+def checked_features(
+    extract: Callable[[Path], dict],
+    clip: Clip,
+    length_key: str,
+    sample_rate: int,
+    min_seconds: float,
+    max_seconds: float,
+) -> tuple[dict | None, str | None]:
+    """``(features, None)`` of a clip from ``extract(audio_path)`` (a family's cached feature
+    extractor), or ``(None, reason)`` for the dataset check: undecodable or unreadable audio, or a
+    length (``features[length_key]`` samples at ``sample_rate``) outside [min_seconds, max_seconds]."""
+    try:
+        feats = extract(clip.audio_path)
+    except audio_io.AudioError as exc:
+        return None, f"undecodable audio: {exc}"
+    except OSError as exc:
+        return None, f"cannot read audio: {exc}"
+    seconds = feats[length_key] / sample_rate
+    if seconds < min_seconds:
+        return None, f"too short ({seconds:.2f} s, minimum {min_seconds:g} s)"
+    if seconds > max_seconds:
+        return None, f"too long ({seconds:.2f} s, maximum {max_seconds:g} s)"
+    return feats, None
+
+
 def prepare_samples(
     clips: list[Clip],
     tokenizer,
@@ -221,20 +246,10 @@ def prepare_samples(
         if len(tokens) > max_text_tokens:
             problems.append(f"{where}: transcript too long ({len(tokens)} tokens, limit {max_text_tokens})")
             continue
-        try:
-            feats = features.features(clip.audio_path)
-        except audio_io.AudioError as exc:
-            problems.append(f"{where}: undecodable audio: {exc}")
-            continue
-        except OSError as exc:
-            problems.append(f"{where}: cannot read audio: {exc}")
-            continue
-        seconds = feats["wav_length"] / models.SAMPLE_RATE
-        if seconds < min_seconds:
-            problems.append(f"{where}: too short ({seconds:.2f} s, minimum {min_seconds:g} s)")
-            continue
-        if seconds > max_seconds:
-            problems.append(f"{where}: too long ({seconds:.2f} s, maximum {max_seconds:g} s)")
+        feats, problem = checked_features(features.features, clip, "wav_length", models.SAMPLE_RATE,
+                                          min_seconds, max_seconds)  # fmt: skip
+        if problem:
+            problems.append(f"{where}: {problem}")
             continue
         samples.append(
             Sample(

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import tempfile
 import time
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
 from engine.errors import TimbreError
+from engine.files import unpack_atomic, zip_members
 from engine.models.f5 import files
 
 MODEL_CARD = "MODEL_CARD.md"
@@ -110,18 +110,11 @@ def _loading_note(arch: dict, ema: bool) -> str:
     )
 
 
-def _safe_members(archive: zipfile.ZipFile, source: Path) -> dict[str, zipfile.ZipInfo]:
-    """Regular-file members by their path. Raises F5ExportError for absolute or ``..`` paths,
-    backslashes and symbolic links (zip-slip)."""
-    found = {}
-    for info in archive.infolist():
-        name = PurePosixPath(info.filename)
-        is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-        if name.is_absolute() or ".." in name.parts or "\\" in info.filename or is_link:
-            raise F5ExportError(f"{source.name}: unsafe member {info.filename!r}")
-        if not info.is_dir():
-            found[str(name)] = info
-    return found
+def _check_loads(folder: Path, source: Path) -> None:
+    try:
+        files.load_cfm(folder)
+    except files.F5ModelError as exc:
+        raise F5ExportError(f"{source.name}: the model inside cannot be loaded: {exc}") from None
 
 
 def import_model(zip_path: Path, target_dir: Path) -> Path:
@@ -140,26 +133,11 @@ def import_model(zip_path: Path, target_dir: Path) -> Path:
     except (zipfile.BadZipFile, OSError) as exc:
         raise F5ExportError(f"{zip_path.name}: not a readable zip file ({exc})") from None
     with archive:
-        members = _safe_members(archive, zip_path)
+        members = zip_members(archive, zip_path, F5ExportError)
         missing = [name for name in MEMBERS if name != MODEL_CARD and name not in members]
         if missing:
             raise F5ExportError(f"{zip_path.name}: not an F5-TTS export, missing {', '.join(missing)}")
-        target_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target_dir.parent, prefix=f".{target_dir.name}.import-"))
-        try:
-            for name, info in members.items():
-                destination = staging / name
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(destination, "wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
-            try:
-                files.load_cfm(staging)
-            except files.F5ModelError as exc:
-                raise F5ExportError(f"{zip_path.name}: the model inside cannot be loaded: {exc}") from None
-            os.rename(staging, target_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        unpack_atomic(archive, members, target_dir, lambda folder: _check_loads(folder, zip_path))
     return target_dir
 
 

@@ -125,15 +125,12 @@ def _voice_of(path: Path) -> str | None:
 
 def _dataset_texts(references: list[Path]) -> dict[str, str]:
     """{file key: transcript} of the dataset clips of the references' voice(s)."""
-    from engine.training.data import read_metadata
+    from engine.config import dataset_texts
 
     texts: dict[str, str] = {}
     for voice in {v for v in map(_voice_of, references) if v}:
         folder = paths.dataset_dir(voice)
-        for name in ("validation.csv", "train.csv"):
-            if (folder / name).is_file():
-                for clip in read_metadata(folder / name):
-                    texts.setdefault(_key(clip.audio_path), clip.text)
+        texts |= {_key(folder / audio): text.strip() for audio, text in dataset_texts(folder) if text.strip()}
     return texts
 
 

@@ -28,7 +28,7 @@ from engine.files import write_bytes_atomic
 from engine.models.f5 import files
 from engine.models.family import Trainee
 from engine.speech import audio as audio_io
-from engine.training.data import Clip, DatasetCheckError, read_metadata
+from engine.training.data import Clip, DatasetCheckError, checked_features, read_metadata
 
 SAMPLE_RATE = files.MEL_SPEC["target_sample_rate"]
 HOP_LENGTH = files.MEL_SPEC["hop_length"]
@@ -131,20 +131,9 @@ def prepare_samples(
         if unknown:
             problems.append(f"{where}: unknown characters {''.join(unknown)!r} in {clip.text!r}")
             continue
-        try:
-            feats = mels.features(clip.audio_path)
-        except audio_io.AudioError as exc:
-            problems.append(f"{where}: undecodable audio: {exc}")
-            continue
-        except OSError as exc:
-            problems.append(f"{where}: cannot read audio: {exc}")
-            continue
-        seconds = feats["samples"] / SAMPLE_RATE
-        if seconds < min_seconds:
-            problems.append(f"{where}: too short ({seconds:.2f} s, minimum {min_seconds:g} s)")
-            continue
-        if seconds > max_seconds:
-            problems.append(f"{where}: too long ({seconds:.2f} s, maximum {max_seconds:g} s)")
+        feats, problem = checked_features(mels.features, clip, "samples", SAMPLE_RATE, min_seconds, max_seconds)
+        if problem:
+            problems.append(f"{where}: {problem}")
             continue
         ids = torch.tensor([vocab[t] for t in tokens], dtype=torch.long)
         samples.append(Sample(clip, feats["mel"], ids, feats["samples"]))

@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 
 from engine import paths
 from engine.config import TrainConfig
+from engine.files import unpack_atomic
 from engine.generate import conditioning
 from engine.generate import synthesis as generate
 from engine.generate.export import (
@@ -214,18 +215,7 @@ def import_export(zip_path: Path, target: Path, log) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(target.parent).free < needed:
             raise OSError(f"not enough disk space in {target.parent} to import {zip_path.name} ({needed / 1e9:.1f} GB)")
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.import-"))
-        try:
-            for member, info in members.items():
-                destination = staging / member
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(destination, "wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
-            _check_model_folder(staging, zip_path)
-            os.rename(staging, target)  # fails rather than merge if the name was taken meanwhile
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        unpack_atomic(archive, members, target, lambda folder: _check_model_folder(folder, zip_path))
     return target
 
 
